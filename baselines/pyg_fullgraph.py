@@ -1,0 +1,178 @@
+"""PyG full-graph baseline: the whole graph on one device, PyG's GCNConv / SAGEConv / GATConv, best practice.
+
+The baseline gets PyG's memory-efficient sparse path, as OGB's full-batch examples do. GCN and SAGE take a
+``torch.sparse_csr_tensor`` ``adj_t`` (rows = destinations: our CSR as is) and aggregate with one
+``torch.sparse.mm`` per layer instead of materialising an ``[E, F]`` message tensor; GCN's normalisation is PyG's
+own ``gcn_norm`` (one self-loop per vertex, symmetric degree norm), computed once in preprocessing and shared by
+every layer. GAT computes per-edge attention by definition; GATConv adds its self-loops in every layer and is
+fastest on a plain ``edge_index``. The adjacency is built once, timed as ``timings_s["preprocess"]``.
+
+``options``: ``path`` = ``auto`` (default: the fastest per model, ``FASTEST_PATH``), or ``csr`` / ``edgeindex``
+(PyG's ``EdgeIndex``, sorted by destination) / ``edge_index`` for every model. All paths are exact and agree
+(tests/test_pyg_baseline.py); ``python bench/pyg_paths.py`` measures them side by side.
+
+Known cost: torch.sparse CSR does not cache its transpose, so each backward ``torch.sparse.mm`` sorts the edges
+again (about a third of a GCN epoch on CPU); torch-sparse's ``SparseTensor`` would cache it but needs a source
+build, which the project does not require.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric import EdgeIndex
+from torch_geometric.nn import GATConv, GCNConv, SAGEConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+from flexgnn_core.loop import synchronize, timed_training
+from flexgnn_core.models import masked_accuracy
+from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
+
+SYSTEM = "pyg"
+PATHS = ("csr", "edgeindex", "edge_index")
+# The fastest exact path per model, measured with bench/pyg_paths.py (results/LOG.md, 2026-11-28): a CSR adj_t
+# makes GCN and SAGE one torch.sparse.mm per layer; GATConv needs per-edge attention anyway and converts a sparse
+# adj_t back to edge indices in every layer, so a plain edge_index is its fastest input.
+FASTEST_PATH = {"gcn": "csr", "sage": "csr", "gat": "edge_index"}
+DEFAULT_OPTIONS: dict[str, Any] = {"path": "auto"}
+
+
+class PygGNN(torch.nn.Module):
+    """GCN / GraphSAGE (mean, root weight) / GAT with the exact semantics of ``flexgnn_core.spec``.
+
+    Its ``state_dict`` has exactly the names and shapes of ``flexgnn_core.models.param_shapes``, so the shared
+    initial parameters load with ``strict=True``. GCN layers take an already normalised adjacency
+    (``normalize=False``): the baseline normalises once with PyG's ``gcn_norm`` in preprocessing.
+
+    Args:
+        model: architecture (kind, layers, hidden, heads, dropout).
+        in_dim: input feature width ``F``.
+        num_classes: output width ``C``.
+
+    Shapes: ``x`` [N, F], ``adj`` a sparse ``adj_t`` [N, N] or ``edge_index`` [2, E], optional ``edge_weight``
+    [E] (GCN on ``edge_index``); output logits [N, C].
+    """
+
+    def __init__(self, model: ModelSpec, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.kind = model.kind
+        self.dropout = model.dropout
+        dims = model.dims(in_dim, num_classes)
+        self.convs = torch.nn.ModuleList()
+        for i in range(model.num_layers):
+            last = i == model.num_layers - 1
+            if model.kind == "gcn":
+                conv = GCNConv(dims[i], dims[i + 1], normalize=False)
+            elif model.kind == "sage":
+                conv = SAGEConv(dims[i], dims[i + 1], aggr="mean", root_weight=True)
+            else:
+                channels = dims[i + 1] if last else dims[i + 1] // model.heads
+                conv = GATConv(dims[i], channels, heads=model.heads, concat=not last, negative_slope=0.2,
+                               dropout=0.0, add_self_loops=True)
+            self.convs.append(conv)
+        self.activation = F.elu if model.kind == "gat" else F.relu
+
+    def forward(self, x: Tensor, adj: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        for i, conv in enumerate(self.convs):
+            x = conv(x, adj, edge_weight) if self.kind == "gcn" else conv(x, adj)
+            if i < len(self.convs) - 1:
+                x = F.dropout(self.activation(x), p=self.dropout, training=self.training)
+        return x
+
+
+def parse_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Merge ``options`` over the defaults; unknown keys or values raise ``ValueError`` naming the valid ones."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ValueError(f"system 'pyg': unknown option(s) {unknown}; valid options: "
+                         f"{', '.join(f'{k} (default {v!r})' for k, v in DEFAULT_OPTIONS.items())}")
+    merged = {**DEFAULT_OPTIONS, **options}
+    if merged["path"] not in ("auto",) + PATHS:
+        raise ValueError(f"system 'pyg': option path={merged['path']!r} is unknown; valid: auto (the fastest per "
+                         f"model: {FASTEST_PATH}), {', '.join(PATHS)}")
+    return merged
+
+
+def csr_adjacency(graph: Graph, device: torch.device) -> Tensor:
+    """Our CSR by destination is PyG's ``adj_t`` (row = destination, column = source) with unit values."""
+    rowptr, col = graph.rowptr.to(device), graph.col.to(device)
+    values = torch.ones(graph.num_edges, dtype=torch.float32, device=device)
+    return torch.sparse_csr_tensor(rowptr, col, values, (graph.num_nodes, graph.num_nodes),
+                                   check_invariants=False)  # the Graph container validated them
+
+
+def build_adjacency(graph: Graph, kind: str, path: str, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The adjacency the layers consume, built once: ``(adj, edge_weight)``; GCN's is normalised here."""
+    if path == "csr":
+        with warnings.catch_warnings():  # torch's one-off notes that sparse CSR is beta and unchecked
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+            adj = csr_adjacency(graph, device)
+            if kind == "gcn":
+                adj, _ = gcn_norm(adj, None, graph.num_nodes, add_self_loops=True)
+        return adj, None
+    edge_index, edge_weight = graph.edge_index().to(device), None  # in CSR order: sorted by destination
+    if kind == "gcn":
+        edge_index, edge_weight = gcn_norm(edge_index, None, graph.num_nodes, add_self_loops=True)
+    if path == "edge_index":
+        return edge_index, edge_weight
+    size = (graph.num_nodes, graph.num_nodes)
+    if kind != "gcn":
+        return EdgeIndex(edge_index, sparse_size=size, sort_order="col"), None
+    edge_index, perm = EdgeIndex(edge_index, sparse_size=size).sort_by("col")  # gcn_norm appends self-loops
+    return edge_index, edge_weight[perm]
+
+
+def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: TrainSpec,
+          options: Mapping[str, Any]) -> RunResult:
+    """Full-graph training of ``model`` on ``graph`` with PyG (the ``TrainFn`` of ``flexgnn_core.spec``)."""
+    options = parse_options(options)
+    path = FASTEST_PATH[model.kind] if options["path"] == "auto" else options["path"]
+    device = resolve_device(train.device)
+    torch.manual_seed(train.seed)  # dropout draws from the global generator
+
+    start = time.perf_counter()
+    adj, edge_weight = build_adjacency(graph, model.kind, path, device)
+    x = graph.x.to(device)  # PyG never writes to x, so a read-only memory map on CPU is used as is
+    y, train_idx = graph.y.to(device), graph.train_mask.nonzero().view(-1).to(device)
+    masks = {"train": graph.train_mask, "val": graph.val_mask, "test": graph.test_mask}
+    synchronize(device)
+    preprocess_s = time.perf_counter() - start
+
+    net = PygGNN(model, graph.num_features, graph.num_classes).to(device)
+    net.load_state_dict(dict(params), strict=True)  # copies: the caller's tensors stay untouched
+    optimizer = torch.optim.Adam(net.parameters(), lr=model.lr)
+
+    def step(epoch: int) -> float:
+        net.train()
+        optimizer.zero_grad(set_to_none=True)
+        logits = net(x, adj, edge_weight)
+        loss = F.cross_entropy(logits[train_idx], y[train_idx])
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        net.eval()
+        return masked_accuracy(net(x, adj, edge_weight), y, masks)
+
+    return timed_training(
+        system=SYSTEM, train=train, device=device, step=step, evaluate=evaluate, final_params=net.state_dict,
+        timings_s={"preprocess": preprocess_s},
+        extra={"path": path, "path_option": options["path"], "adjacency": adj_description(adj)},
+    )
+
+
+def adj_description(adj: Tensor) -> str:
+    if adj.layout == torch.sparse_csr:
+        return "torch.sparse_csr_tensor adj_t [N, N]"
+    if isinstance(adj, EdgeIndex):
+        return "torch_geometric.EdgeIndex [2, E] sorted by destination"
+    return "edge_index [2, E] tensor"
