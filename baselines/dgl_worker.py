@@ -1,0 +1,213 @@
+"""DGL full-graph training worker: the half of the DGL baseline that runs inside the pinned DGL environment.
+
+    <dgl-env>/bin/python -m baselines.dgl_worker JOB_DIR      (repository root on PYTHONPATH)
+
+``baselines/dgl_fullgraph.py`` (main environment) writes ``JOB_DIR/job.json`` (model, train, graph directory) and
+``JOB_DIR/params.npz`` (the shared initial parameters); this worker trains DGL's own layers on the whole graph on
+one device in the shared timed loop and writes ``result.json`` (the run record) and ``final_params.npz``.
+
+Layers and how the shared PyG-named parameters map onto them (exact: every DGL parameter is one shared tensor):
+
+- GCN: ``GraphConv`` on the graph with one self-loop per vertex; ``weight [in, out]`` = ``lin.weight`` transposed.
+  DGL's ``norm='both'`` scales a source by its *out*-degree, PyG by its *in*-degree; they agree when every vertex
+  has equal in- and out-degree (undirected graphs), and then the classic ``norm='both'`` path runs. Otherwise the
+  PyG weights ``deg_in(u)^-1/2 deg_in(v)^-1/2`` are passed as ``edge_weight`` with ``norm='none'``.
+- SAGE: ``SAGEConv('mean')``: ``fc_neigh.weight`` = ``lin_l.weight``, ``fc_self.weight`` = ``lin_r.weight`` and
+  ``fc_self.bias`` = ``lin_l.bias`` (DGL 2.1 keeps the bias on the root linear; the sum is the same).
+- GAT: ``GATConv`` with self-loops, slope 0.2: ``fc`` = ``lin``, ``attn_l`` = ``att_src``, ``attn_r`` = ``att_dst``.
+  Hidden layers flatten the heads (same head-major order as PyG) and use DGL's bias; the last layer averages the
+  heads and adds one bias after the mean (DGL's per-head bias would split PyG's bias into ``heads`` copies whose
+  Adam updates differ), so there that layer is built with ``bias=False`` plus an ``out_bias`` parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import dgl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dgl.nn import GATConv, GraphConv, SAGEConv
+from torch import Tensor, nn
+
+from flexgnn_core.data.storage import load_graph
+from flexgnn_core.loop import synchronize, timed_training
+from flexgnn_core.memory import PeakMemoryMeter
+from flexgnn_core.models import masked_accuracy
+from flexgnn_core.spec import Graph, ModelSpec, TrainSpec, resolve_device
+
+
+def to_dgl_graph(graph: Graph) -> dgl.DGLGraph:
+    """Our CSR by destination as a DGLGraph with edges ``col[e] -> dst`` (no self-loops added here)."""
+    dst = torch.repeat_interleave(torch.arange(graph.num_nodes), graph.in_degree())
+    return dgl.graph((graph.col.clone(), dst), num_nodes=graph.num_nodes)
+
+
+class DGLNet(nn.Module):
+    """GCN / SAGE / GAT from DGL's layers with the exact semantics of ``flexgnn_core.spec``.
+
+    Args:
+        model: architecture (kind, layers, hidden, heads, dropout).
+        in_dim: input feature width ``F``.
+        num_classes: output width ``C``.
+        gcn_norm: GraphConv's ``norm``: ``"both"`` (DGL's own, exact when in-degree equals out-degree everywhere)
+            or ``"none"`` with PyG's weights passed as ``edge_weight`` (see ``prepare_graph``).
+
+    Shapes: ``graph`` with N vertices (self-loops added for GCN and GAT), ``x`` [N, F], optional ``edge_weight``
+    [E]; output logits [N, C]. ``param_map`` ties every parameter to its shared (PyG) name.
+    """
+
+    def __init__(self, model: ModelSpec, in_dim: int, num_classes: int, gcn_norm: str = "both") -> None:
+        super().__init__()
+        self.model = model
+        dims = model.dims(in_dim, num_classes)
+        self.convs = nn.ModuleList()
+        for i in range(model.num_layers):
+            last = i == model.num_layers - 1
+            if model.kind == "gcn":
+                conv = GraphConv(dims[i], dims[i + 1], norm=gcn_norm, weight=True, bias=True)
+            elif model.kind == "sage":
+                conv = SAGEConv(dims[i], dims[i + 1], "mean", bias=True)
+            else:
+                channels = dims[i + 1] if last else dims[i + 1] // model.heads
+                conv = GATConv(dims[i], channels, model.heads, negative_slope=0.2, bias=not last)
+            self.convs.append(conv)
+        self.out_bias = nn.Parameter(torch.zeros(num_classes)) if model.kind == "gat" else None
+
+    def param_map(self) -> dict[str, tuple[nn.Parameter, bool]]:
+        """``{shared name: (DGL parameter, stored transposed)}`` covering every trainable parameter once."""
+        mapping: dict[str, tuple[nn.Parameter, bool]] = {}
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):
+            p = f"convs.{i}."
+            if self.model.kind == "gcn":
+                mapping[p + "lin.weight"] = (conv.weight, True)
+                mapping[p + "bias"] = (conv.bias, False)
+            elif self.model.kind == "sage":
+                mapping[p + "lin_l.weight"] = (conv.fc_neigh.weight, False)
+                mapping[p + "lin_l.bias"] = (conv.fc_self.bias, False)
+                mapping[p + "lin_r.weight"] = (conv.fc_self.weight, False)
+            else:
+                mapping[p + "lin.weight"] = (conv.fc.weight, False)
+                mapping[p + "att_src"] = (conv.attn_l, False)
+                mapping[p + "att_dst"] = (conv.attn_r, False)
+                mapping[p + "bias"] = (self.out_bias if i == last else conv.bias, False)
+        return mapping
+
+    def load_shared(self, params: dict[str, Tensor]) -> None:
+        mapping = self.param_map()
+        if set(mapping) != set(params):
+            raise ValueError(f"params: names {sorted(params)} do not match the DGL model's {sorted(mapping)}; "
+                             "build them with flexgnn_core.models.init_params for the same ModelSpec")
+        covered = {id(param) for param, _ in mapping.values()}
+        unmapped = [name for name, param in self.named_parameters() if id(param) not in covered]
+        if unmapped:
+            raise RuntimeError(f"DGL parameters {unmapped} have no shared counterpart; the mapping is incomplete")
+        with torch.no_grad():
+            for name, (param, transposed) in mapping.items():
+                value = params[name].t() if transposed else params[name]
+                if value.shape != param.shape:
+                    raise ValueError(f"params['{name}']: shape {tuple(params[name].shape)} does not fit DGL's "
+                                     f"{tuple(param.shape)} (transposed={transposed})")
+                param.copy_(value)
+
+    def shared_params(self) -> dict[str, Tensor]:
+        return {name: (param.t() if transposed else param) for name, (param, transposed) in self.param_map().items()}
+
+    def forward(self, graph: dgl.DGLGraph, x: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        h = x
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):
+            if self.model.kind == "gcn":
+                h = conv(graph, h, edge_weight=edge_weight)
+            elif self.model.kind == "sage":
+                h = conv(graph, h)
+            else:
+                h = conv(graph, h)  # [N, heads, channels]
+                h = h.mean(dim=1) + self.out_bias if i == last else h.flatten(1)
+            if i < last:
+                h = F.elu(h) if self.model.kind == "gat" else F.relu(h)
+                h = F.dropout(h, p=self.model.dropout, training=self.training)
+        return h
+
+
+def prepare_graph(graph: Graph, kind: str, device: torch.device) -> tuple[dgl.DGLGraph, Tensor | None, str]:
+    """The DGLGraph the model runs on, the GCN edge weights (or None) and which GCN normalisation path runs."""
+    g = to_dgl_graph(graph)
+    if kind in ("gcn", "gat"):
+        g = dgl.add_self_loop(g)  # the graph is cleaned (no self-loops), so this adds exactly one per vertex
+    try:
+        g = g.to(device)
+    except dgl.DGLError as err:
+        raise RuntimeError(f"train.device={device}: this DGL build ({dgl.__version__}, {sys.prefix}) cannot use it "
+                           "(the PyPI wheel is CPU-only); run with train.device=cpu or install a CUDA build of "
+                           "dgl 2.1.0 from https://data.dgl.ai into that environment") from err
+    if kind != "gcn":
+        return g, None, "none"
+    in_deg, out_deg = g.in_degrees(), g.out_degrees()
+    if bool(torch.equal(in_deg, out_deg)):
+        return g, None, "both"
+    deg_inv_sqrt = in_deg.to(torch.float32).pow(-0.5)
+    src, dst = g.edges()
+    return g, deg_inv_sqrt[src] * deg_inv_sqrt[dst], "none"
+
+
+def run_job(job_dir: Path) -> None:
+    job = json.loads((job_dir / "job.json").read_text())
+    model = ModelSpec(**job["model"])
+    train = TrainSpec(**{**job["train"], "progress": False})  # the worker's output is captured, not a terminal
+    device = resolve_device(train.device)
+
+    start = time.perf_counter()
+    graph = load_graph(job["graph_dir"])
+    load_s = time.perf_counter() - start
+    with np.load(job_dir / "params.npz") as stored:
+        params = {name: torch.from_numpy(stored[name].copy()) for name in stored.files}
+
+    torch.manual_seed(train.seed)  # dropout masks
+    with PeakMemoryMeter(device) as meter:
+        start = time.perf_counter()
+        g, edge_weight, gcn_norm = prepare_graph(graph, model.kind, device)
+        net = DGLNet(model, graph.num_features, graph.num_classes, gcn_norm=gcn_norm).to(device)
+        net.load_shared(params)
+        x, y = graph.x.to(device), graph.y.to(device)
+        train_idx = graph.train_mask.nonzero().view(-1).to(device)
+        masks = {"train": graph.train_mask, "val": graph.val_mask, "test": graph.test_mask}
+        optimizer = torch.optim.Adam(net.parameters(), lr=model.lr)
+        synchronize(device)
+        preprocess_s = time.perf_counter() - start
+
+        def step(epoch: int) -> float:
+            net.train()
+            optimizer.zero_grad(set_to_none=True)
+            logits = net(g, x, edge_weight)
+            loss = F.cross_entropy(logits[train_idx], y[train_idx])
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        def evaluate() -> dict[str, float]:
+            net.eval()
+            with torch.no_grad():
+                return masked_accuracy(net(g, x, edge_weight), y, masks)
+
+        result = timed_training(system="dgl", train=train, device=device, step=step, evaluate=evaluate,
+                                final_params=net.shared_params,
+                                timings_s={"worker_load": load_s, "preprocess": preprocess_s},
+                                extra={"dgl_version": dgl.__version__, "torch_version": torch.__version__,
+                                       "gcn_norm": gcn_norm if model.kind == "gcn" else None,
+                                       "python": sys.executable})
+    result.peak_bytes = meter.peak_bytes
+    result.extra["host_peak_reset"] = meter.host_reset
+    np.savez(job_dir / "final_params.npz", **{name: value.numpy() for name, value in result.final_params.items()})
+    (job_dir / "result.json").write_text(json.dumps(result.to_json()))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m baselines.dgl_worker JOB_DIR")
+    run_job(Path(sys.argv[1]))
