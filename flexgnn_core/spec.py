@@ -61,6 +61,12 @@ def _fail(field_name: str, problem: str, fix: str) -> None:
     raise GraphError(f"graph field '{field_name}': {problem}. Fix: {fix}")
 
 
+def _count_nonfinite_rows(x: Tensor, block_bytes: int = 64 * 2**20) -> int:
+    """Rows of ``x`` holding NaN or Inf, checked in row blocks so a memory-mapped [N, F] is never copied whole."""
+    rows = max(1, block_bytes // max(1, x.shape[1] * x.element_size())) if x.dim() == 2 else x.shape[0]
+    return sum(int((~torch.isfinite(x[i:i + rows])).any(dim=1).sum()) for i in range(0, x.shape[0], rows))
+
+
 @dataclass(eq=False)
 class Graph:
     """A node-classification graph stored as CSR by destination.
@@ -153,8 +159,8 @@ class Graph:
                   "provide one feature row per vertex")
         if self.x.shape[1] < 1:
             _fail("x", "has zero feature columns", "provide at least one feature per vertex")
-        if not bool(torch.isfinite(self.x).all()):
-            bad = int((~torch.isfinite(self.x)).any(dim=1).sum())
+        bad = _count_nonfinite_rows(self.x)
+        if bad:
             _fail("x", f"contains NaN or Inf in {bad} rows", "impute or drop non-finite feature values")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             _fail("num_classes", f"is {self.num_classes!r}, must be an integer >= 2", "set the class count")
