@@ -23,10 +23,13 @@ def synchronize(device: torch.device) -> None:
 def _progress(enabled: bool):
     if not enabled:
         return None
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    # stderr: stdout's last line belongs to the run record
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True)
+                    TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True,
+                    console=Console(stderr=True))
 
 
 def timed_training(
