@@ -1,0 +1,256 @@
+"""Typed config schemas (Hydra ConfigStore) and the one validation step from a composed config to train inputs.
+
+YAML files under ``conf/`` only set values; the shapes live here. ``validate(cfg)`` turns a composed config into
+``Settings`` (a ``ModelSpec``, a ``TrainSpec``, the dataset call and the system options) or raises ``ConfigError``
+naming the field and the fix, before anything is loaded, trained or recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from flexgnn_core.data import DATASETS
+from flexgnn_core.spec import ModelSpec, TrainSpec
+
+CONF_ENV = "FLEXGNN_CONF"
+DATASET_NAMES = DATASETS  # the data layer's list is the one list of valid dataset names
+# Dataset knobs that are sizes: zero or negative is always a mistake, whatever the dataset.
+DATASET_SIZE_KEYS = ("num_nodes", "avg_degree", "num_features", "num_classes")
+HARDWARE_BYTE_KEYS = ("device_budget_bytes", "host_budget_bytes")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the field and the fix."""
+
+
+def conf_dir() -> Path:
+    """The top-level ``conf/`` of this checkout (``$FLEXGNN_CONF`` overrides, e.g. for a non-editable install)."""
+    path = Path(os.environ.get(CONF_ENV) or Path(__file__).resolve().parent.parent / "conf")
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"no config.yaml in '{path}'. Fix: run from a clone installed with `pip install -e .`, "
+                          f"or point {CONF_ENV} at the repository's conf/ directory")
+    return path
+
+
+# --- schemas -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticDatasetConfig:
+    """``flexgnn_core.data.load_dataset("synthetic", ...)``; ``null`` knobs take the data layer's default."""
+
+    name: str = "synthetic"
+    num_nodes: int = 20000
+    avg_degree: float = 10.0
+    num_features: int = 64
+    num_classes: int = 8
+    skew: Optional[float] = None
+    homophily: Optional[float] = None
+    feature_noise: Optional[float] = None
+    train_frac: Optional[float] = None
+    val_frac: Optional[float] = None
+    seed: int = 0
+
+
+@dataclass
+class OgbDatasetConfig:
+    name: str = MISSING
+    root: str = "${oc.env:FLEXGNN_DATA,data}"  # holds ogb's dataset folders, e.g. data/ogbn_arxiv
+    download: bool = False  # needs internet
+    mmap: bool = True
+    url: Optional[str] = None  # a mirror (or file:// URL) of OGB's zip
+
+
+@dataclass
+class FilesDatasetConfig:
+    """A user's graph from files (formats in ``flexgnn_core.data.files``); split by index files or fractions."""
+
+    name: str = "files"
+    edges: str = MISSING
+    features: str = MISSING
+    labels: str = MISSING
+    train_idx: Optional[str] = None
+    val_idx: Optional[str] = None
+    test_idx: Optional[str] = None
+    train_frac: Optional[float] = None
+    val_frac: Optional[float] = None
+    split_seed: int = 0
+    num_classes: Optional[int] = None
+    symmetrize: bool = True
+
+
+@dataclass
+class SavedDatasetConfig:
+    name: str = "saved"
+    path: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "gcn"
+    num_layers: int = 2
+    hidden: int = 128
+    heads: int = 4
+    dropout: float = 0.0
+    lr: float = 0.01
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device_budget_bytes: Any = None  # int bytes or "512MiB" / "2GB"; null = unlimited
+    host_budget_bytes: Any = None
+    disk_dir: Optional[str] = None  # null = a temporary directory chosen by the system
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    warmup_epochs: int = 1
+    seed: int = 0
+    device: str = "${hardware.device}"
+    progress: bool = True
+
+
+@dataclass
+class MlflowConfig:
+    enabled: bool = True
+    # null = sqlite:///<runs_dir>/mlflow.db; the MLFLOW_TRACKING_URI environment variable comes next.
+    tracking_uri: Optional[str] = "${oc.env:MLFLOW_TRACKING_URI,null}"
+    experiment: str = "flexgnn-bench"
+    artifact_location: Optional[str] = None  # null = mlartifacts/ next to a sqlite store, else <runs_dir>/mlartifacts
+
+
+@dataclass
+class Config:
+    dataset: Any = MISSING  # each dataset file brings its own schema (synthetic, ogb, files, saved)
+    model: ModelConfig = MISSING
+    system: Any = MISSING  # flat: `name` plus the system's own keys, which only that system knows
+    hardware: HardwareConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    runs_dir: str = "${oc.env:FLEXGNN_RUNS_DIR,runs}"
+    # `+planner=NAME` (conf/planner/, the planner issue's group): composed and kept in the record; which system
+    # option it sets is that issue's wiring, not the harness's.
+    planner: Any = None
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    store.store(group="dataset", name="synthetic_schema", node=SyntheticDatasetConfig)
+    store.store(group="dataset", name="ogb_schema", node=OgbDatasetConfig)
+    store.store(group="dataset", name="saved_schema", node=SavedDatasetConfig)
+    store.store(group="dataset", name="files_schema", node=FilesDatasetConfig)
+    store.store(group="model", name="model_schema", node=ModelConfig)
+    store.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+
+
+register_configs()
+
+
+# --- validation ----------------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(value: Any, field_name: str) -> int | None:
+    """``None`` -> ``None`` (unlimited); int or "512MiB" / "2GB" / "1.5GiB" -> positive int bytes."""
+    if value is None:
+        return None
+    fix = f"set {field_name} to a positive size like 512MiB, 2GB or 1073741824 (or null for unlimited)"
+    if isinstance(value, bool):
+        raise ConfigError(f"config field '{field_name}': got {value!r}, not a size. Fix: {fix}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        match = _SIZE.match(str(value))
+        unit = match.group(2).lower() if match else None
+        if unit not in _UNITS:
+            raise ConfigError(f"config field '{field_name}': cannot read {value!r} as a size "
+                              f"(units: {', '.join(u for u in _UNITS if u)}). Fix: {fix}")
+        number = float(match.group(1)) * _UNITS[unit]
+    if number <= 0 or number != number or number == float("inf"):
+        raise ConfigError(f"config field '{field_name}': got {value!r}, must be > 0. Fix: {fix}")
+    return int(number)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``run`` needs, validated: what to load, what to train, with which system and options."""
+
+    dataset_name: str
+    dataset_options: dict[str, Any]
+    model: ModelSpec
+    train: TrainSpec
+    system_name: str
+    system_options: dict[str, Any]
+
+
+def _container(node: Any, field_name: str) -> dict[str, Any]:
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"config field '{field_name}' is missing or not a mapping. "
+                          f"Fix: choose one with {field_name}=<option> (see conf/{field_name}/)")
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    except Exception as error:  # a ??? left unset, or an interpolation that does not resolve
+        raise ConfigError(f"config field '{field_name}': {error}. Fix: set the missing value on the command "
+                          f"line, e.g. {field_name}.<key>=<value>") from None
+
+
+def _spec(cls: type, values: dict[str, Any], group: str, schema: Any) -> Any:
+    try:
+        return cls(**values)
+    except ValueError as error:  # the spec names the field (e.g. "model.hidden must be ..."); add the fix
+        match = re.search(rf"\b{group}\.(\w+)", str(error))
+        key = match.group(1) if match else None
+        example = f"{group}.{key}={getattr(schema, key)}" if key and hasattr(schema, key) else f"{group}.<key>=..."
+        raise ConfigError(f"config field '{group}.{key or '?'}': {error}. Fix: e.g. {example}") from None
+
+
+def validate(cfg: DictConfig) -> Settings:
+    """Check a composed config and turn it into train inputs; raise ``ConfigError`` naming the field."""
+    dataset = _container(cfg.get("dataset"), "dataset")
+    dataset_name = dataset.pop("name", None)
+    if dataset_name not in DATASET_NAMES:
+        raise ConfigError(f"config field 'dataset.name': unknown dataset {dataset_name!r}; valid: "
+                          f"{', '.join(DATASET_NAMES)}. Fix: choose a preset with dataset=<file in conf/dataset/>")
+    for key in DATASET_SIZE_KEYS:
+        value = dataset.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ConfigError(f"config field 'dataset.{key}': got {value!r}, must be a positive number. "
+                              f"Fix: e.g. dataset.{key}={getattr(SyntheticDatasetConfig, key)}")
+    dataset_options = {key: value for key, value in dataset.items() if value is not None}
+
+    model = _spec(ModelSpec, _container(cfg.get("model"), "model"), "model", ModelConfig())
+    train = _spec(TrainSpec, _container(cfg.get("train"), "train"), "train", TrainConfig())
+
+    system = _container(cfg.get("system"), "system")
+    from harness.systems import SYSTEMS  # the registry is the list of valid names
+
+    system_name = system.pop("name", None)
+    if system_name not in SYSTEMS:
+        raise ConfigError(f"config field 'system.name': unknown system {system_name!r}; valid: "
+                          f"{', '.join(SYSTEMS)}. Fix: system=<one of those>")
+    hardware = _container(cfg.get("hardware"), "hardware")
+    # Hardware settings join the system's options only when set: null (unlimited, temp dir) is the absence of
+    # a key, so systems that take no budgets (pyg, which rejects unknown options) run under the default hardware.
+    options = dict(system)
+    for key in HARDWARE_BYTE_KEYS:
+        options[key] = parse_bytes(hardware.get(key), f"hardware.{key}")
+    options["disk_dir"] = hardware.get("disk_dir")
+    options = {key: value for key, value in options.items() if value is not None or key in system}
+    if train.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", train.device):
+        raise ConfigError(f"config field 'hardware.device': got {train.device!r}. Fix: hardware.device=auto, cpu, "
+                          "cuda or cuda:N")
+    return Settings(dataset_name=dataset_name, dataset_options=dataset_options, model=model, train=train,
+                    system_name=system_name, system_options=options)

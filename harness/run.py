@@ -1,0 +1,124 @@
+"""One benchmark run: validate the config, load the graph, train with the chosen system, record and index it.
+
+``run(cfg)`` is what ``python -m harness`` calls for each job, and what tests call directly. Order matters for
+bad input: the config is validated and the system imported before anything is recorded; once an MLflow run
+exists, any failure marks it FAILED with the error, writes a ``status: failed`` record into the job's own
+directory, and re-raises (a non-zero exit). Earlier records and runs are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness import record as records
+from harness.config import ConfigError, Settings, validate
+from harness.systems import get_train_fn
+from harness.tracking import PARENT_ID_FILE, Store
+
+RECORDS_SUBDIR = "records"
+log = logging.getLogger("harness")  # stderr and the job's harness.log under Hydra; stdout stays the record
+
+
+def _hydra_job() -> dict[str, Any]:
+    """The Hydra job's output dir, overrides and sweep's parent MLflow run (empty outside ``@hydra.main``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hydra = HydraConfig.get()
+    job = {"output_dir": Path(hydra.runtime.output_dir), "overrides": list(hydra.overrides.task)}
+    if hydra.mode == RunMode.MULTIRUN:
+        parent_file = Path(hydra.sweep.dir) / PARENT_ID_FILE
+        job["parent_run_id"] = parent_file.read_text().strip() if parent_file.exists() else None
+    return job
+
+
+def _train(settings: Settings, train_fn: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load the graph and train; returns (graph statistics, result JSON with load time and peak memory)."""
+    from flexgnn_core.data import load_dataset
+    from flexgnn_core.memory import PeakMemoryMeter
+    from flexgnn_core.models import init_params
+    from flexgnn_core.spec import resolve_device
+
+    start = time.perf_counter()
+    graph = load_dataset(settings.dataset_name, **settings.dataset_options)
+    load_s = time.perf_counter() - start
+    stats = {**graph.stats(), "provenance": graph.provenance}
+    log.info("%s %s (%d layers, hidden %d) on %s: %d nodes, %d edges, %d features, %d classes; %d epochs "
+             "(%d warm-up) on %s; loaded in %.2f s", settings.system_name, settings.model.kind,
+             settings.model.num_layers, settings.model.hidden, graph.name, graph.num_nodes, graph.num_edges,
+             graph.num_features, graph.num_classes, settings.train.epochs, settings.train.warmup_epochs,
+             settings.train.device, load_s)
+    params = init_params(settings.model, graph.num_features, graph.num_classes, settings.train.seed)
+    with PeakMemoryMeter(resolve_device(settings.train.device)) as meter:
+        result = train_fn(graph, settings.model, params, settings.train, dict(settings.system_options))
+    # A system that measures itself (e.g. worker processes) wins over the harness's in-process meter.
+    result.peak_bytes = {**meter.peak_bytes, **{k: v for k, v in result.peak_bytes.items() if v is not None}}
+    result.timings_s = {"load": load_s, **result.timings_s}
+    return stats, result.to_json()
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the job described by ``cfg`` (a composed ``conf/config.yaml``); return its record."""
+    started = records.utc_now()
+    settings = validate(cfg)
+    try:
+        from flexgnn_core.spec import resolve_device
+
+        resolve_device(settings.train.device)
+    except ValueError as error:
+        raise ConfigError(f"config field 'hardware.device': {error}") from None
+    train_fn = get_train_fn(settings.system_name)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    runs_dir = Path(cfg.runs_dir)
+    job = _hydra_job()
+    name = f"{settings.system_name}-{settings.model.kind}-{settings.dataset_name}"
+    store = Store.open(cfg.mlflow, runs_dir) if cfg.mlflow.enabled else None
+    git = records.git_info()
+    run_id = None
+    if store:
+        run_id = store.start_run(name, {"system": settings.system_name, "model": settings.model.kind,
+                                        "dataset": settings.dataset_name, "commit": git["commit"],
+                                        "dirty": git["dirty"]}, job.get("parent_run_id"))
+    tracking = {"tracking_uri": store.uri, "experiment_id": store.experiment_id, "run_id": run_id,
+                "parent_run_id": job.get("parent_run_id")} if store else None
+    common = dict(config=config, settings=settings, started=started, overrides=job.get("overrides"),
+                  tracking=tracking, git=git)
+    try:
+        graph_stats, result = _train(settings, train_fn)
+    except BaseException as error:
+        failed = records.build_record(graph_stats=None, result=None, status="failed",
+                                      error=f"{type(error).__name__}: {error}", **common)
+        failed["error_traceback"] = "".join(traceback.format_exception(error))
+        if "output_dir" in job:
+            records.write_json(job["output_dir"] / "record.json", failed, overwrite=True)
+        if store:
+            store.fail_run(run_id, error, status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    record = records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
+    stable = runs_dir / RECORDS_SUBDIR / records.record_filename(record)
+    record["paths"] = {"record": str(stable.resolve()),
+                       "job_dir": str(job["output_dir"].resolve()) if "output_dir" in job else None}
+    records.write_json(stable, record)
+    if "output_dir" in job:
+        records.write_json(job["output_dir"] / "record.json", record, overwrite=True)
+    if store:
+        try:
+            store.log_record(run_id, record, config_yaml)
+        except BaseException as error:
+            store.fail_run(run_id, error)
+            raise
+        store.client.set_terminated(run_id, status="FINISHED")
+    median = result["median_epoch_s"]
+    log.info("done: median epoch %s, val acc %.4f, host peak %.0f MiB; record %s%s",
+             "n/a" if median is None else f"{median:.4f} s", result["accuracy"].get("val", float("nan")),
+             (result["peak_bytes"].get("host") or 0) / 2**20, stable, f", MLflow run {run_id}" if run_id else "")
+    return record

@@ -1,0 +1,40 @@
+"""The literal registry of training systems: name -> "module:function", imported only when chosen.
+
+Every entry implements ``flexgnn_core.spec.TrainFn``. Imports are lazy so that a machine without DGL (or without
+a GPU stack a system needs) still runs every other system, and says clearly why the missing one is unavailable.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from flexgnn_core.spec import TrainFn
+
+SYSTEMS = {
+    "pyg": "baselines.pyg_fullgraph:train",
+    "flexgnn": "flexgnn_core.engine:train",
+    "ddp": "baselines.ddp_fullgraph:train",
+    "dgl": "baselines.dgl_fullgraph:train",
+}
+
+
+class SystemUnavailable(RuntimeError):
+    """A registered system that cannot be imported on this machine."""
+
+
+def get_train_fn(name: str) -> TrainFn:
+    """The ``train`` function of system ``name``; unknown or unimportable systems raise with the reason."""
+    from harness.config import ConfigError
+
+    if name not in SYSTEMS:
+        raise ConfigError(f"config field 'system.name': unknown system {name!r}; valid: {', '.join(SYSTEMS)}. "
+                          "Fix: system=<one of those>")
+    module_name, function_name = SYSTEMS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        hint = " (DGL needs its own pinned environment; see README)" if name == "dgl" else ""
+        raise SystemUnavailable(f"system '{name}' is unavailable on this machine: importing {module_name} failed "
+                                f"with {type(error).__name__}: {error}{hint}. Fix: install what it needs, or "
+                                f"choose another system ({', '.join(s for s in SYSTEMS if s != name)})") from error
+    return getattr(module, function_name)

@@ -1,0 +1,219 @@
+"""MLflow indexing of run records: one run per job, one parent run per sweep, failures marked FAILED.
+
+The store is explicit everywhere: ``mlflow.tracking_uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else a
+sqlite file ``<runs_dir>/mlflow.db`` (MLflow's own default silently changes when an old ``./mlruns`` exists).
+Artifacts go next to a sqlite store (``mlartifacts/``), set on the experiment so nothing lands in the cwd.
+Everything goes through an explicit ``MlflowClient``: no global active run, nothing printed on stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from flexgnn_core import spec
+
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+PARENT_ID_FILE = "mlflow_parent_run_id.txt"
+_MAX_PARAM_CHARS = 6000
+
+
+def default_uri(runs_dir: Path) -> str:
+    return f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}"
+
+
+def resolve_uri(mlflow_cfg: Any, runs_dir: Path) -> str:
+    return mlflow_cfg.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(runs_dir)
+
+
+def artifact_location(uri: str, runs_dir: Path, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return (Path(runs_dir) / "mlartifacts").resolve().as_uri()
+
+
+@dataclass
+class Store:
+    """An MLflow tracking store and the experiment runs go to."""
+
+    client: Any
+    experiment_id: str
+    uri: str
+
+    @classmethod
+    def open(cls, mlflow_cfg: Any, runs_dir: Path) -> "Store":
+        from mlflow.tracking import MlflowClient  # importing mlflow sets its loggers' levels: quiet them after
+
+        for name in ("alembic", "mlflow"):  # migrations and store notices: warnings only, and never on stdout
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+        uri = resolve_uri(mlflow_cfg, runs_dir)
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(tracking_uri=uri)
+        name = mlflow_cfg.get("experiment") or "flexgnn-bench"
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            location = artifact_location(uri, runs_dir, mlflow_cfg.get("artifact_location"))
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        return cls(client=client, experiment_id=experiment_id, uri=uri)
+
+    def start_run(self, name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> str:
+        tags = {key: str(value) for key, value in tags.items() if value is not None}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def fail_run(self, run_id: str, error: BaseException, status: str = "FAILED") -> None:
+        message = f"{type(error).__name__}: {error}"
+        self.client.set_tag(run_id, "error", message[:5000])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "error.txt"
+            path.write_text(message + "\n\n" + "".join(traceback.format_exception(error)))
+            self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, status=status)
+
+    def log_record(self, run_id: str, record: dict[str, Any], config_yaml: str) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        params = [Param(key, _param_value(value)) for key, value in flatten(record["config"]).items()]
+        metrics = [Metric(key, value, now, step) for key, value, step in metrics_of(record)]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[start:start + 100])
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        from harness.record import dumps
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "record.json").write_text(dumps(record, indent=2) + "\n")
+            (Path(tmp) / "config.yaml").write_text(config_yaml)
+            plan = (record.get("result") or {}).get("plan")
+            if plan is not None:
+                (Path(tmp) / "plan.json").write_text(dumps(plan, indent=2) + "\n")
+            self.client.log_artifacts(run_id, tmp)
+
+
+def _param_value(value: Any) -> str:
+    text = "null" if value is None else str(value)
+    return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"hidden": 128}}`` -> ``{"model.hidden": 128}`` (lists stay values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def metrics_of(record: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """``(name, value, step)``: per-epoch loss and time (step = epoch), then summary values (step 0)."""
+    result = record.get("result") or {}
+    rows: list[tuple[str, Any, int]] = []
+    for epoch, (loss, seconds) in enumerate(zip(result.get("epoch_losses", []), result.get("epoch_times_s", []))):
+        rows += [(spec.TRAIN_LOSS, loss, epoch), (spec.EPOCH_TIME_S, seconds, epoch)]
+    for split, accuracy in (result.get("accuracy") or {}).items():
+        rows.append((f"{split}/acc", accuracy, 0))
+    rows.append((spec.EPOCH_MEDIAN_S, result.get("median_epoch_s"), 0))
+    for name, seconds in (result.get("timings_s") or {}).items():
+        rows.append((spec.PLAN_SOLVE_S if name == "plan" else f"time/{name}_s", seconds, 0))
+    peak = result.get("peak_bytes") or {}
+    rows += [(spec.DEVICE_PEAK_BYTES, peak.get("device"), 0), (spec.HOST_PEAK_BYTES, peak.get("host"), 0)]
+    for tier, size in (result.get("tier_peak_bytes") or {}).items():
+        rows.append((f"mem/{tier}_accounted_peak_bytes", size, 0))
+    for link, size in (result.get("io_bytes") or {}).items():
+        rows.append((f"io/{link}_bytes", size, 0))
+    return [(name, float(value), step) for name, value, step in rows
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+
+
+def count_jobs(config: DictConfig) -> int | None:
+    """Jobs a basic-sweeper multirun will launch (product of sweep choices); None when it cannot tell."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
+        strings = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+        by_key = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(strings)}
+        return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+                         for o in by_key.values())
+    except Exception:  # another sweeper's syntax: progress then shows no total
+        return None
+
+
+class SweepCallback(Callback):
+    """A parent MLflow run per multirun, sweep progress on stderr, and a summary table when the last job ends."""
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.parent_run_id: str | None = None
+        self.total: int | None = None
+        self.done = self.failed = 0
+        self.finished = False
+        self.sweep_dir: Path | None = None
+        self.started = time.perf_counter()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.total = count_jobs(config)
+        self.started = time.perf_counter()
+        if config.mlflow.enabled:
+            self.store = Store.open(config.mlflow, Path(config.runs_dir))
+            self.parent_run_id = self.store.start_run(
+                f"sweep-{self.sweep_dir.name}", {"kind": "sweep", "sweep_dir": self.sweep_dir.resolve(),
+                                                  "num_jobs": self.total})
+            (self.sweep_dir / PARENT_ID_FILE).write_text(self.parent_run_id + "\n")
+        print(f"sweep: {self.total or '?'} jobs into {self.sweep_dir}", file=sys.stderr, flush=True)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if self.sweep_dir is None:  # Hydra calls on_job_end for single runs too; only sweeps are tracked here
+            return
+        self.done += 1
+        self.failed += job_return.status == JobStatus.FAILED
+        total = self.total or self.done
+        filled = round(20 * self.done / total) if total else 20
+        overrides = " ".join(job_return.overrides or [])
+        state = "FAILED" if job_return.status == JobStatus.FAILED else "ok"
+        print(f"sweep [{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total or '?'} "
+              f"{time.perf_counter() - self.started:.0f}s  {state}: {overrides}", file=sys.stderr, flush=True)
+        if self.total is not None and self.done >= self.total:
+            self._finish()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished or self.sweep_dir is None:
+            return
+        self.finished = True
+        from harness.report import write_summary
+
+        tables = write_summary(sorted(self.sweep_dir.glob("*/record.json")), self.sweep_dir)
+        if self.store and self.parent_run_id:
+            for path in tables:
+                self.store.client.log_artifact(self.parent_run_id, str(path))
+            self.store.client.set_tag(self.parent_run_id, "failed_jobs", str(self.failed))
+            self.store.client.set_terminated(self.parent_run_id, status="FAILED" if self.failed else "FINISHED")
+        print(f"sweep done: {self.done - self.failed} ok, {self.failed} failed; summary in "
+              f"{', '.join(str(p) for p in tables)}", file=sys.stderr, flush=True)
