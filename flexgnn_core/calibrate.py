@@ -1,0 +1,274 @@
+"""Calibrate the cost model on this machine, or pick a datasheet profile of a known GPU server for what-ifs.
+
+``measure()`` runs short microbenchmarks (a few seconds at the default sizes) and returns a ``cost.Hardware``:
+
+- aggregation: ``torch.sparse.mm`` of a random CSR matrix (average degree 8) with dense features of a few widths;
+  the rate is edges x width per second, the median over the sizes;
+- dense matmul FLOP/s on a tall-skinny product (the shape of a GNN transform);
+- elementwise memory bandwidth (ReLU: one read and one write);
+- links: host -> device is a gather of random rows into a device tensor (what a halo fetch does), device -> host
+  a contiguous copy into host memory (pinned on CUDA); on CPU both are copies between two CPU buffers;
+- disk: writing a temporary file with fsync, then reading it back (through the page cache, as the engine's
+  memory-mapped disk tier does);
+- per chunk step overhead: the time of one tiny chunk step (a small sparse product, a gather and a matmul).
+
+``load_or_measure()`` caches the result as JSON under ``$FLEXGNN_CACHE_DIR`` (default ``~/.cache/flexgnn-bench``),
+in a file named by a fingerprint of the machine (CPU model, cores, torch threads, torch version, device); ``force=True``
+measures again. ``profile(name)`` returns datasheet values (not measurements) of known GPUs and links.
+
+Command: ``python -m flexgnn_core.calibrate [--force] [--device cuda]`` prints the rates as JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from flexgnn_core.cost import Hardware
+
+CACHE_ENV = "FLEXGNN_CACHE_DIR"
+SCHEMA = 2
+
+# Datasheet values (vendor specification sheets; REFERENCE.md section 4), not measurements. Aggregation on a GPU
+# is modelled at its memory roofline: one 4-byte read per edge and feature, so rate = memory bandwidth / 4.
+# Overlap 1.0 assumes the copy engines run beside compute; step_overhead_s 0 is unmodelled, not measured.
+GPUS = {  # name: (memory bytes/s, fp32 non-tensor FLOP/s, memory bytes)
+    "h200": (4.8e12, 67e12, 141e9),
+    "h100": (3.35e12, 67e12, 80e9),
+    "a100": (2.039e12, 19.5e12, 80e9),
+}
+LINKS = {"pcie4": 31.5e9, "pcie5": 63e9}  # per direction, x16
+DISKS = {"nvme4": 7e9, "nvme5": 12e9}  # sequential, read and write taken alike
+PROFILES = {"h200": ("h200", "pcie5", "nvme5"), "h100": ("h100", "pcie5", "nvme4"),
+            "a100": ("a100", "pcie4", "nvme4")}
+
+
+def profile(name: str) -> Hardware:
+    """A datasheet profile: ``h200``/``h100``/``a100`` (with their usual link and disk) or ``gpu-link-disk``,
+    e.g. ``h100-pcie4-nvme5``."""
+    parts = PROFILES.get(name, tuple(name.split("-")))
+    if len(parts) != 3 or parts[0] not in GPUS or parts[1] not in LINKS or parts[2] not in DISKS:
+        raise ValueError(f"hardware profile '{name}' is unknown; valid: {', '.join(PROFILES)} or gpu-link-disk "
+                         f"with gpu in {', '.join(GPUS)}, link in {', '.join(LINKS)}, disk in {', '.join(DISKS)}")
+    gpu, link, disk = parts
+    memory, flops, _ = GPUS[gpu]
+    return Hardware(name="-".join(parts), agg_edge_width_per_s=memory / 4, matmul_flop_per_s=flops,
+                    memory_bytes_per_s=memory, h2d_bytes_per_s=LINKS[link], d2h_bytes_per_s=LINKS[link],
+                    disk_read_bytes_per_s=DISKS[disk], disk_write_bytes_per_s=DISKS[disk], step_overhead_s=0.0,
+                    overlap=1.0, source="datasheet")
+
+
+# ---- microbenchmarks -----------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device: torch.device, repeats: int = 7) -> float:
+    """Median seconds of ``fn()`` after two warm-up calls (the machine may be shared: the median resists spikes)."""
+    fn(), fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _random_csr(rows: int, cols: int, degree: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    col = torch.randint(0, cols, (rows * degree,), generator=generator).view(rows, degree).sort(dim=1).values
+    crow = torch.arange(0, rows * degree + 1, degree)
+    return torch.sparse_csr_tensor(crow, col.flatten(), torch.rand(rows * degree, generator=generator),
+                                   size=(rows, cols)).to(device)
+
+
+def _aggregation(device: torch.device, rows: int) -> float:
+    rates = []
+    for width in (16, 64, 128):
+        matrix = _random_csr(rows, rows, 8, device)
+        x = torch.rand(rows, width, device=device)
+        rates.append(rows * 8 * width / _time(lambda: torch.sparse.mm(matrix, x), device))
+    return statistics.median(rates)
+
+
+def _matmul(device: torch.device, rows: int) -> float:
+    a, b = torch.rand(rows, 256, device=device), torch.rand(256, 256, device=device)
+    return 2 * rows * 256 * 256 / _time(lambda: a @ b, device)
+
+
+def _memory(device: torch.device, numel: int) -> float:
+    x = torch.rand(numel, device=device)
+    out = torch.empty_like(x)
+    return 2 * numel * 4 / _time(lambda: torch.clamp(x, min=0, out=out), device)
+
+
+def _links(device: torch.device, numel: int) -> tuple[float, float]:
+    pinned = device.type == "cuda"
+    rows = numel // 64
+    host = torch.rand(rows, 64).pin_memory() if pinned else torch.rand(rows, 64)
+    index = torch.randperm(rows)[: rows // 2].sort().values
+    staging = torch.empty(rows // 2, 64, pin_memory=pinned)
+    target = torch.empty(rows // 2, 64, device=device)
+
+    def h2d():
+        torch.index_select(host, 0, index, out=staging)
+        target.copy_(staging, non_blocking=pinned)
+
+    source = torch.rand(rows, 64, device=device)
+    back = torch.empty(rows, 64, pin_memory=pinned)
+    nbytes = rows * 64 * 4
+    return nbytes / 2 / _time(h2d, device), nbytes / _time(lambda: back.copy_(source), device)
+
+
+def _disk(nbytes: int) -> tuple[float, float]:
+    data = os.urandom(nbytes)
+    with tempfile.TemporaryDirectory(prefix="flexgnn-calibrate-") as folder:
+        path = Path(folder) / "probe.bin"
+        start = time.perf_counter()
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        write_s = time.perf_counter() - start
+        reads = []
+        for _ in range(3):
+            start = time.perf_counter()
+            path.read_bytes()
+            reads.append(time.perf_counter() - start)
+    return nbytes / statistics.median(reads), nbytes / write_s
+
+
+def _step_overhead(device: torch.device) -> float:
+    matrix = _random_csr(16, 16, 4, device)
+    x, w = torch.rand(16, 16, device=device), torch.rand(16, 16, device=device)
+    index = torch.arange(0, 16, 2, device=device)
+
+    def step():
+        h = torch.index_select(x, 0, index)
+        torch.sparse.mm(matrix, x) @ w + h.sum()
+
+    return _time(lambda: [step() for _ in range(20)], device) / 20
+
+
+def _engine_probe(hw: Hardware, device: torch.device, nodes: int) -> tuple[Hardware, dict]:
+    """Microbenchmarks miss the engine's own overheads (sparse block setup, gathers, accounting). Train a small
+    synthetic graph with the engine twice, all on the device and all on the host, and fold the measured/predicted
+    ratios into the rates: compute rates first (from the all-device run), then the host links."""
+    from dataclasses import replace
+
+    from flexgnn_core import cost, engine
+    from flexgnn_core.chunks import relabel_csr, reorder
+    from flexgnn_core.data.synthetic import make_synthetic
+    from flexgnn_core.models import init_params
+    from flexgnn_core.plan import Plan, Problem
+    from flexgnn_core.solvers import chunk_stats, using_hardware
+    from flexgnn_core.spec import ModelSpec, TrainSpec
+
+    graph = make_synthetic(num_nodes=nodes, avg_degree=10, num_features=64, num_classes=8, seed=0)
+    model = ModelSpec(kind="gcn", num_layers=2, hidden=64)
+    params = init_params(model, graph.num_features, graph.num_classes, seed=0)
+    spec = TrainSpec(epochs=4, warmup_epochs=1, seed=0, device=str(device), progress=False)
+    runs = {}
+    for policy in ("all_device", "all_host"):
+        with using_hardware(hw):  # an engine that predicts must not calibrate again from inside calibration
+            result = engine.train(graph, model, params, spec, {"policy": policy, "num_chunks": 4,
+                                                               "print_plan": False})
+        runs[policy] = (statistics.median(result.epoch_times_s[result.warmup_epochs:]), result.plan)
+    rowptr, col = relabel_csr(graph.rowptr, graph.col, reorder(graph.rowptr, graph.col, "none", 1))
+    rowptr, col, _ = engine.model_graph(rowptr, col, "gcn")
+    problem = Problem(kind="gcn", dims=tuple(model.dims(graph.num_features, graph.num_classes)), heads=1,
+                      num_nodes=graph.num_nodes, num_edges=int(col.numel()), num_chunks=4,
+                      **chunk_stats(rowptr, col, "gcn", [4])[4],
+                      param_bytes=sum(p.numel() * 4 for p in params.values()))
+    device_s, device_plan = runs["all_device"]
+    host_s, host_plan = runs["all_host"]
+    compute_scale = device_s / cost.predict(Plan.from_json(device_plan), problem, hw).compute_s
+    hw = replace(hw, agg_edge_width_per_s=hw.agg_edge_width_per_s / compute_scale,
+                 matmul_flop_per_s=hw.matmul_flop_per_s / compute_scale,
+                 memory_bytes_per_s=hw.memory_bytes_per_s / compute_scale,
+                 step_overhead_s=hw.step_overhead_s * compute_scale)
+    host = cost.predict(Plan.from_json(host_plan), problem, hw)
+    transfer = sum(dict(host.transfer_s).values())
+    link_scale = min(max((host_s - host.compute_s) / transfer, 0.25), 20.0)  # clipped: noise must not run away
+    hw = replace(hw, h2d_bytes_per_s=hw.h2d_bytes_per_s / link_scale, d2h_bytes_per_s=hw.d2h_bytes_per_s / link_scale)
+    return hw, {"compute_scale": compute_scale, "link_scale": link_scale, "all_device_s": device_s,
+                "all_host_s": host_s}
+
+
+def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = True) -> Hardware:
+    """Microbenchmark this machine (``scale`` multiplies the problem sizes; 1 takes a few seconds on 2 CPU cores),
+    then correct the rates with a short engine run (``probe``)."""
+    device = torch.device(device)
+    rows = int(20_000 * scale)
+    h2d, d2h = _links(device, int(2_000_000 * scale))
+    disk_read, disk_write = _disk(int(16 * 2**20 * scale))
+    hw = Hardware(name=f"measured-{fingerprint(device)['device']}", agg_edge_width_per_s=_aggregation(device, rows),
+                    matmul_flop_per_s=_matmul(device, rows), memory_bytes_per_s=_memory(device, int(4_000_000 * scale)),
+                    h2d_bytes_per_s=h2d, d2h_bytes_per_s=d2h, disk_read_bytes_per_s=disk_read,
+                    disk_write_bytes_per_s=disk_write, step_overhead_s=_step_overhead(device),
+                    overlap=1.0 if device.type == "cuda" else 0.0, source="measured")
+    if not probe:
+        return hw
+    hw, _ = _engine_probe(hw, device, int(10_000 * scale))
+    return hw
+
+
+# ---- cache -----------------------------------------------------------------------------------------------------
+def fingerprint(device: torch.device) -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
+            "torch": torch.__version__, "device": name}
+
+
+def cache_path(device: torch.device) -> Path:
+    folder = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "flexgnn-bench")
+    key = hashlib.sha256(json.dumps(fingerprint(device), sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f"calibration-{key}.json"
+
+
+def load_or_measure(device: str | torch.device | None = None, force: bool = False, scale: float = 1) -> Hardware:
+    """This machine's rates from the cache, measured (and cached) when absent, stale in schema, or ``force``."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    path = cache_path(device)
+    if not force and path.exists():
+        try:
+            record = json.loads(path.read_text())
+            if record.get("schema") == SCHEMA:
+                return Hardware.from_json(record["hardware"])
+        except (ValueError, KeyError, TypeError):
+            pass  # a corrupt or foreign cache file: measure again and overwrite it
+    hw = measure(device, scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"schema": SCHEMA, "fingerprint": fingerprint(device), "measured_utc": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "hardware": hw.to_json()}
+    path.write_text(json.dumps(record, indent=1, sort_keys=True))
+    return hw
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="measure again even when cached")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    rates = load_or_measure(args.device, force=args.force)
+    print(json.dumps({**rates.to_json(), "elapsed_s": round(time.perf_counter() - start, 3)}))

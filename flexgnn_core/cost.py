@@ -1,0 +1,180 @@
+"""The cost model: measured rates as data plus small pure functions that predict a plan's epoch time.
+
+A ``Hardware`` value holds rates (aggregation throughput in edge x feature-width units per second, dense matmul
+FLOP/s, elementwise memory bandwidth, one copy bandwidth per link, a per-chunk-step overhead, and the fraction of
+transfer time prefetching can hide under compute). ``predict(plan, problem, hw)`` adds up:
+
+- compute: per layer a base term fixed by its order, plus per recomputable intermediate the cost of storing it
+  (computing it once) or of recomputing it (``item_compute_s``); plus ``step_overhead_s`` per chunk step;
+- transfers: ``simulate()``'s bytes per link divided by that link's bandwidth (links summed: conservative);
+- overlap: ``epoch = max(compute, compute + transfer - overlap * compute)``: prefetching hides at most
+  ``overlap`` of the compute time's worth of transfers.
+
+Every term is a sum of per-layer and per-intermediate costs, which is what lets ``solvers.optimal`` solve the
+placement exactly as a mixed-integer program over the same numbers (``item_compute_s``, ``item_link_bytes``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from flexgnn_core.plan import FLOAT, Plan, Problem, intermediates, simulate, transform_width
+
+LINKS = ("h2d", "d2h", "disk_read", "disk_write")
+RATE_FIELDS = ("agg_edge_width_per_s", "matmul_flop_per_s", "memory_bytes_per_s", "h2d_bytes_per_s",
+               "d2h_bytes_per_s", "disk_read_bytes_per_s", "disk_write_bytes_per_s")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Rates of one machine (``source``: "measured" by calibrate.py, "datasheet" for a what-if profile, "unit")."""
+
+    name: str
+    agg_edge_width_per_s: float  # sparse aggregation: edges x feature width per second
+    matmul_flop_per_s: float
+    memory_bytes_per_s: float  # elementwise work on the device (activations, loss)
+    h2d_bytes_per_s: float
+    d2h_bytes_per_s: float
+    disk_read_bytes_per_s: float
+    disk_write_bytes_per_s: float
+    step_overhead_s: float = 0.0  # fixed cost of one chunk step (dispatch, launches)
+    overlap: float = 0.0  # fraction of compute time under which prefetched transfers hide, in [0, 1]
+    source: str = "measured"
+
+    def __post_init__(self) -> None:
+        for name in RATE_FIELDS + ("step_overhead_s", "overlap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"hardware.{name}={value!r} must be a finite number")
+            if name in RATE_FIELDS and value <= 0:
+                raise ValueError(f"hardware.{name}={value!r} must be > 0 (a rate per second)")
+        if self.step_overhead_s < 0:
+            raise ValueError(f"hardware.step_overhead_s={self.step_overhead_s!r} must be >= 0 seconds")
+        if not 0 <= self.overlap <= 1:
+            raise ValueError(f"hardware.overlap={self.overlap!r} must be in [0, 1]")
+
+    def link_bytes_per_s(self, link: str) -> float:
+        return getattr(self, f"{link}_bytes_per_s")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Hardware":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown hardware field(s) {', '.join(sorted(unknown))}; valid: {', '.join(known)}")
+        return cls(**data)
+
+
+UNIT = Hardware("unit", 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, "unit")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    compute_s: float
+    transfer_s: tuple[tuple[str, float], ...]  # per link
+    hidden_s: float  # transfer time hidden under compute by prefetching
+    epoch_s: float
+    peak_bytes: tuple[tuple[str, int], ...]  # per tier, from simulate()
+    link_bytes: tuple[tuple[str, int], ...]  # per link per epoch, from simulate()
+
+    def to_json(self) -> dict:
+        return {"compute_s": self.compute_s, "transfer_s": dict(self.transfer_s), "hidden_s": self.hidden_s,
+                "epoch_s": self.epoch_s, "peak_bytes": dict(self.peak_bytes), "link_bytes": dict(self.link_bytes)}
+
+
+# ---- compute ---------------------------------------------------------------------------------------------------
+def agg_s(hw: Hardware, edges: int, width: int) -> float:
+    return edges * width / hw.agg_edge_width_per_s
+
+
+def mm_s(hw: Hardware, rows: int, inner: int, cols: int) -> float:
+    return 2 * rows * inner * cols / hw.matmul_flop_per_s
+
+
+def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> float:
+    """Compute of one layer (forward + backward) that does not depend on where its intermediates live."""
+    n, e, chunks = problem.num_nodes, problem.num_edges, problem.num_chunks
+    d, o = problem.dims[layer], problem.dims[layer + 1]
+    first, last = layer == 0, layer == problem.num_layers - 1
+    elementwise = n * o * FLOAT * (2 if last else 3) / hw.memory_bytes_per_s  # activation (+ grad) or loss
+    sage = 0.0 if problem.kind != "sage" else (2 + (not first)) * mm_s(hw, n, d, o)
+    if order == "aggregate_first":
+        forward = (0.0 if first else agg_s(hw, e, d)) + mm_s(hw, n, d, o)
+        backward = mm_s(hw, n, o, d) + (0.0 if first else mm_s(hw, n, o, d) + agg_s(hw, e, d))
+        steps = 2 * chunks
+    else:
+        t = transform_width(problem, layer)
+        forward = agg_s(hw, e, t)
+        backward = agg_s(hw, e, t) + (1 + (not first)) * mm_s(hw, n, t, d)
+        steps = 3 * chunks
+        if problem.kind == "gat":  # scores and softmax per edge and head forward; gat_backward ~ 3 aggregations
+            forward += agg_s(hw, e, 4 * problem.heads)
+            backward += 2 * agg_s(hw, e, t) + agg_s(hw, e, 4 * problem.heads)
+    return forward + backward + sage + elementwise + steps * hw.step_overhead_s
+
+
+def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) -> float:
+    """Compute a recomputable intermediate costs when stored (made once per epoch) or when recomputed."""
+    layer = int(name.lstrip("agt"))
+    n, e, d = problem.num_nodes, problem.num_edges, problem.dims[layer]
+    if name.startswith("agg"):  # stored agg0 is reused across epochs; recompute aggregates again in backward
+        if recomputed:
+            return agg_s(hw, e, d) * (2 if layer == 0 else 1)
+        return 0.0
+    if name.startswith("att"):  # recompute: the softmax again in backward
+        return agg_s(hw, e, 4 * problem.heads) if recomputed else 0.0
+    t = transform_width(problem, layer)  # t{layer}: stored = one whole transform pass (P more steps)
+    if recomputed:  # transform only the halo rows inside each aggregation step (twice for GAT: fwd and bwd)
+        return mm_s(hw, problem.sum_halo_rows, d, t) * (2 if problem.kind == "gat" else 1)
+    return mm_s(hw, n, d, t) + problem.num_chunks * hw.step_overhead_s
+
+
+def compute_s(plan: Plan, problem: Problem, hw: Hardware) -> float:
+    where = dict(plan.placement)
+    total = sum(layer_base_s(problem, hw, layer, order) for layer, order in enumerate(plan.orders))
+    for item in intermediates(problem, plan.orders):
+        if item.recomputable:
+            total += item_compute_s(problem, hw, item.name, where[item.name] == "recompute")
+    return total
+
+
+# ---- transfers -------------------------------------------------------------------------------------------------
+def item_link_bytes(problem: Problem, name: str, nbytes: int, where: str) -> dict[str, int]:
+    """Bytes per link per epoch of one intermediate on tier ``where`` (the same rule as ``plan.simulate``)."""
+    links = dict.fromkeys(LINKS, 0)
+    if where in ("device", "recompute"):
+        return links
+    expand = problem.sum_halo_rows / max(problem.num_nodes, 1)
+    gathered = name.startswith(("h", "t", "agg", "grad"))
+    reads = int(nbytes * ((1 + expand) if gathered else 2))
+    writes = 0 if name in ("graph", "h0", "agg0") else nbytes
+    links["h2d"], links["d2h"] = reads, writes
+    if where == "disk":
+        links["disk_read"], links["disk_write"] = reads, writes
+    return links
+
+
+def transfer_s(link_bytes: dict[str, int], hw: Hardware) -> dict[str, float]:
+    return {link: link_bytes[link] / hw.link_bytes_per_s(link) for link in LINKS}
+
+
+def epoch_s(compute: float, transfer: float, hw: Hardware) -> float:
+    return max(compute, compute + transfer - hw.overlap * compute)
+
+
+def predict(plan: Plan, problem: Problem, hw: Hardware) -> Prediction:
+    """Predicted epoch time and peak bytes per tier of ``plan`` on ``problem`` (chunk stats must match P)."""
+    if plan.num_chunks != problem.num_chunks:
+        raise ValueError(f"plan.num_chunks={plan.num_chunks} but problem.num_chunks={problem.num_chunks}; predict "
+                         "with the problem's chunk statistics for the plan's P (solvers.problem_for)")
+    simulated = simulate(plan, problem)
+    compute = compute_s(plan, problem, hw)
+    per_link = transfer_s(simulated["link_bytes"], hw)
+    transfer = sum(per_link.values())
+    epoch = epoch_s(compute, transfer, hw)
+    return Prediction(compute, tuple(per_link.items()), compute + transfer - epoch, epoch,
+                      tuple(simulated["peak_bytes"].items()), tuple(simulated["link_bytes"].items()))

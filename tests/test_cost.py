@@ -1,0 +1,114 @@
+"""Cost model and calibration: validation, additivity with unit costs, agreement with simulate(), the cache."""
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flexgnn_core import calibrate, cost
+from flexgnn_core.cost import UNIT, Hardware
+from flexgnn_core.plan import Problem, custom_plan, intermediates, layer_orders, simulate, SOLVERS
+
+
+def tiny_problem(**changes) -> Problem:
+    base = dict(kind="gcn", dims=(2, 3), heads=1, num_nodes=4, num_edges=6, num_chunks=1, max_chunk_rows=4,
+                max_halo_rows=3, max_chunk_edges=6, sum_halo_rows=3, graph_bytes=100, param_bytes=40)
+    return Problem(**{**base, **changes})
+
+
+RATES = dict(name="x", agg_edge_width_per_s=1.0, matmul_flop_per_s=1.0, memory_bytes_per_s=1.0, h2d_bytes_per_s=1.0,
+             d2h_bytes_per_s=1.0, disk_read_bytes_per_s=1.0, disk_write_bytes_per_s=1.0)
+
+
+@pytest.mark.parametrize("field,value", [("h2d_bytes_per_s", -1.0), ("disk_read_bytes_per_s", 0),
+                                         ("matmul_flop_per_s", "fast"), ("agg_edge_width_per_s", True),
+                                         ("d2h_bytes_per_s", math.inf), ("overlap", 1.5), ("step_overhead_s", -0.1)])
+def test_bad_hardware_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        Hardware(**{**RATES, field: value})
+
+
+def test_unknown_hardware_field_is_listed():
+    with pytest.raises(ValueError, match="unknown hardware field.*pcie_bytes"):
+        Hardware.from_json({**RATES, "pcie_bytes": 1.0})
+
+
+def test_unit_costs_add_up_by_hand():
+    """1-layer GCN, N=4, E=6, dims 2->3, all on the device: forward mm 2*4*2*3=48, backward dW 48, loss and its
+    gradient 4*3*4*2=96 elementwise bytes; layer 0's aggregate is stored, so reused: 192 in all, no transfers."""
+    problem = tiny_problem()
+    prediction = cost.predict(SOLVERS["all_device"](problem), problem, UNIT)
+    assert prediction.compute_s == 192
+    assert prediction.epoch_s == 192 and prediction.hidden_s == 0
+    assert dict(prediction.link_bytes) == {"h2d": 0, "d2h": 0, "disk_read": 0, "disk_write": 0}
+    recomputed = custom_plan(problem, {"graph": "device", "h0": "device", "agg0": "recompute",
+                                       "grad_h1": "device"})
+    assert cost.predict(recomputed, problem, UNIT).compute_s == 192 + 2 * 6 * 2  # aggregate fwd + bwd each epoch
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.5, 1.0])
+def test_epoch_is_compute_plus_unhidden_transfer(overlap):
+    problem = tiny_problem()
+    hw = Hardware(**{**RATES, "overlap": overlap})
+    prediction = cost.predict(SOLVERS["all_host"](problem), problem, hw)
+    transfer = sum(dict(prediction.link_bytes).values())  # unit bandwidths: seconds = bytes
+    assert sum(dict(prediction.transfer_s).values()) == transfer > 0
+    assert prediction.epoch_s == max(prediction.compute_s, prediction.compute_s + transfer
+                                     - overlap * prediction.compute_s)
+    assert prediction.epoch_s + prediction.hidden_s == prediction.compute_s + transfer
+
+
+def test_predict_rejects_mismatched_chunk_count():
+    problem = tiny_problem()
+    plan = SOLVERS["all_device"](tiny_problem(num_chunks=2))
+    with pytest.raises(ValueError, match="num_chunks"):
+        cost.predict(plan, problem, UNIT)
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["gcn", "sage", "gat"]), layers=st.integers(1, 3), seed=st.integers(0, 10**6),
+       order=st.sampled_from(["auto", "aggregate_first", "transform_first"]))
+def test_item_link_bytes_sum_to_simulate(kind, layers, seed, order):
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(2, 50)
+    problem = tiny_problem(kind=kind, dims=tuple(rng.randint(1, 9) * (2 if kind == "gat" else 1)
+                                                 for _ in range(layers + 1)),
+                           heads=2 if kind == "gat" else 1, num_nodes=n, num_edges=rng.randint(n, 5 * n),
+                           sum_halo_rows=rng.randint(0, 3 * n), order_rule=order)
+    orders = layer_orders(problem)
+    placement = {item.name: rng.choice(item.tiers + (("recompute",) if item.recomputable else ()))
+                 for item in intermediates(problem, orders)}
+    plan = custom_plan(problem, placement)
+    total = dict.fromkeys(cost.LINKS, 0)
+    for item in intermediates(problem, orders):
+        for link, nbytes in cost.item_link_bytes(problem, item.name, item.nbytes, placement[item.name]).items():
+            total[link] += nbytes
+    assert total == simulate(plan, problem)["link_bytes"]
+
+
+def test_profiles_are_datasheet_values_and_unknown_names_are_listed():
+    h200 = calibrate.profile("h200")
+    assert h200.source == "datasheet" and h200.memory_bytes_per_s == 4.8e12 and h200.h2d_bytes_per_s == 63e9
+    assert calibrate.profile("a100-pcie5-nvme5").disk_read_bytes_per_s == 12e9
+    with pytest.raises(ValueError, match="h200, h100, a100"):
+        calibrate.profile("tpu")
+
+
+def test_calibration_is_cached_per_machine_and_forced_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path))
+    measured = calibrate.load_or_measure("cpu", scale=0.25)
+    assert measured.source == "measured"
+    for name in cost.RATE_FIELDS:
+        assert 0 < getattr(measured, name) < math.inf
+    path = calibrate.cache_path(calibrate.torch.device("cpu"))
+    assert path.parent == tmp_path and path.exists()
+    record = json.loads(path.read_text())
+    assert record["fingerprint"]["cores"] and record["fingerprint"]["torch"]
+    record["hardware"]["matmul_flop_per_s"] = 123.0  # the cache, not a new measurement, answers the next call
+    path.write_text(json.dumps(record))
+    assert calibrate.load_or_measure("cpu", scale=0.25).matmul_flop_per_s == 123.0
+    assert calibrate.load_or_measure("cpu", force=True, scale=0.25).matmul_flop_per_s != 123.0
