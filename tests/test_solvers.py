@@ -1,0 +1,257 @@
+"""Planner invariants over many tiny problems: budgets respected, no transfers when unlimited, monotone in the
+budget, ``optimal`` never predicted slower than any solver and equal to brute force, fast, infeasible as a value."""
+
+import itertools
+import random
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flexgnn_core import cost, solvers
+from flexgnn_core.chunks import build_chunks, relabel_csr, reorder
+from flexgnn_core.cost import UNIT, Hardware
+from flexgnn_core.engine import model_graph
+from flexgnn_core.plan import _finish, fixed_device_bytes, intermediates, simulate, working_set_bytes
+from flexgnn_core.plan import Problem
+from graphs import tricky_graph
+
+# Rates of the order this 2-core machine measures (calibrate.py); fixed so that tests are deterministic.
+CPU_LIKE = Hardware("cpu-like", 1.5e8, 2.5e10, 2e9, 1.5e9, 5e8, 7e8, 5e8, 2e-5, 0.0)
+GPU_LIKE = Hardware("gpu-like", 1.2e12, 6.7e13, 4.8e12, 6.3e10, 6.3e10, 1.2e10, 1.2e10, 1e-5, 1.0)
+HARDWARE = [UNIT, CPU_LIKE, GPU_LIKE]
+
+
+def random_problem(rng: random.Random, layers: int | None = None, budget_fraction: float | None = None) -> Problem:
+    kind = rng.choice(["gcn", "sage", "gat"])
+    layers = layers or rng.randint(1, 3)
+    heads = 2 if kind == "gat" else 1
+    n = rng.randint(4, 400)
+    e = rng.randint(n, 8 * n)
+    p = rng.randint(1, min(n, 8))
+    rows = -(-n // p)
+    halo = rng.randint(1, n)
+    problem = Problem(kind=kind, dims=tuple(rng.randint(1, 64) * heads for _ in range(layers + 1)), heads=heads,
+                      num_nodes=n, num_edges=e, num_chunks=p, max_chunk_rows=rows, max_halo_rows=halo,
+                      max_chunk_edges=min(e, -(-e // p) * 2), sum_halo_rows=min(n * p, halo * p),
+                      graph_bytes=e * 52 + n * 24, param_bytes=rng.randint(10, 10_000) * 4,
+                      order_rule=rng.choice(["auto", "auto", "aggregate_first", "transform_first"]))
+    everything = simulate(solvers.SOLVERS["all_device"](problem), problem)["peak_bytes"]["device"]
+    fraction = budget_fraction if budget_fraction is not None else rng.choice([None, 1.0, 0.5, 0.25, 0.0625])
+    budget = None if fraction is None else max(1, int(everything * fraction))
+    host = rng.choice([None, None, max(1, int(everything * rng.random()))])
+    return Problem(**{**problem.__dict__, "device_budget_bytes": budget, "host_budget_bytes": host})
+
+
+def within_budget(plan, problem) -> bool:
+    peak = simulate(plan, problem)["peak_bytes"]
+    return ((problem.device_budget_bytes is None or peak["device"] <= problem.device_budget_bytes)
+            and (problem.host_budget_bytes is None or peak["host"] <= problem.host_budget_bytes))
+
+
+def predicted(plan, problem, hw) -> float:
+    return cost.predict(plan, problem, hw).epoch_s
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10**9), hw=st.sampled_from(HARDWARE))
+def test_optimal_is_feasible_within_budget_and_never_slower_than_any_solver(seed, hw):
+    problem = random_problem(random.Random(seed))
+    best = solvers.make_optimal(hw)(problem)
+    assert best.feasible == within_budget(best, problem)
+    for name, solve in solvers.SOLVERS.items():
+        if name.startswith("optimal"):
+            continue
+        other = solve(problem)
+        assert other.feasible == within_budget(other, problem), name
+        if other.feasible:
+            assert best.feasible, f"{name} found a feasible plan, optimal did not"
+            assert predicted(best, problem, hw) <= predicted(other, problem, hw) * (1 + 1e-9), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**9), hw=st.sampled_from(HARDWARE))
+def test_unlimited_budget_means_no_transfers(seed, hw):
+    problem = random_problem(random.Random(seed), budget_fraction=None)
+    problem = Problem(**{**problem.__dict__, "device_budget_bytes": None, "host_budget_bytes": None})
+    for plan in (solvers.make_optimal(hw)(problem), solvers.SOLVERS["flexgnn_greedy"](problem)):
+        assert plan.feasible
+        assert all(nbytes == 0 for nbytes in simulate(plan, problem)["link_bytes"].values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**9), hw=st.sampled_from(HARDWARE))
+def test_tighter_budget_never_lowers_the_predicted_time(seed, hw):
+    base = random_problem(random.Random(seed), budget_fraction=1.0)
+    previous = 0.0
+    for fraction in (1.0, 0.75, 0.5, 0.35, 0.25, 0.125, 0.0625):
+        budget = max(1, int(base.device_budget_bytes * fraction))
+        problem = Problem(**{**base.__dict__, "device_budget_bytes": budget})
+        plan = solvers.make_optimal(hw)(problem)
+        if not plan.feasible:
+            break
+        now = predicted(plan, problem, hw)
+        assert now >= previous * (1 - 1e-9)
+        previous = now
+
+
+def brute_force(problem: Problem, hw: Hardware) -> float:
+    """The least predicted epoch time over every order and placement (tiny problems only)."""
+    layers = problem.num_layers
+    if problem.kind == "gat":
+        order_sets = [("transform_first",) * layers]
+    elif problem.order_rule == "auto":
+        order_sets = list(itertools.product(("aggregate_first", "transform_first"), repeat=layers))
+    else:
+        order_sets = [(problem.order_rule,) * layers]
+    best = float("inf")
+    for orders in order_sets:
+        items = intermediates(problem, orders)
+        options = [item.tiers + (("recompute",) if item.recomputable else ()) for item in items]
+        for choice in itertools.product(*options):
+            plan = _finish("brute", problem, orders, dict(zip((item.name for item in items), choice)))
+            if plan.feasible:
+                best = min(best, predicted(plan, problem, hw))
+    return best
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**9), hw=st.sampled_from(HARDWARE))
+def test_optimal_equals_brute_force_on_one_layer(seed, hw):
+    problem = random_problem(random.Random(seed), layers=1)
+    plan = solvers.make_optimal(hw)(problem)
+    expected = brute_force(problem, hw)
+    if expected == float("inf"):
+        assert not plan.feasible
+    else:
+        assert plan.feasible and predicted(plan, problem, hw) == pytest.approx(expected, rel=1e-9)
+
+
+def test_optimal_equals_brute_force_on_two_gcn_layers():
+    rng = random.Random(7)
+    for _ in range(4):
+        problem = random_problem(rng, layers=2, budget_fraction=0.5)
+        problem = Problem(**{**problem.__dict__, "kind": "gcn", "heads": 1, "order_rule": "auto"})
+        plan = solvers.make_optimal(CPU_LIKE)(problem)
+        expected = brute_force(problem, CPU_LIKE)
+        assert plan.feasible == (expected < float("inf"))
+        if plan.feasible:
+            assert predicted(plan, problem, CPU_LIKE) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+def test_eight_layers_with_chunk_search_solve_in_under_a_second(kind):
+    problem = random_problem(random.Random(1), layers=8, budget_fraction=0.25)
+    problem = Problem(**{**problem.__dict__, "kind": kind, "heads": 2 if kind == "gat" else 1,
+                         "dims": (128,) + (256,) * 7 + (40,), "num_nodes": 200_000, "num_edges": 2_000_000,
+                         "sum_halo_rows": 300_000, "max_halo_rows": 90_000, "max_chunk_rows": 50_000,
+                         "max_chunk_edges": 500_000, "num_chunks": 4, "graph_bytes": 100_000_000,
+                         "order_rule": "auto", "host_budget_bytes": None})
+    problem = Problem(**{**problem.__dict__, "device_budget_bytes": 2 * 2**30})
+    start = time.perf_counter()
+    plan = solvers.make_optimal(GPU_LIKE, solvers.estimate_chunk_stats(problem))(problem)
+    assert time.perf_counter() - start < 1.0
+    assert plan.feasible and plan.num_chunks in solvers.CHUNK_COUNTS
+
+
+def test_budget_below_the_working_set_is_an_infeasible_value_giving_the_minimum():
+    problem = random_problem(random.Random(3), budget_fraction=1.0)
+    minimum = fixed_device_bytes(problem) + working_set_bytes(problem)
+    problem = Problem(**{**problem.__dict__, "device_budget_bytes": minimum - 1, "host_budget_bytes": None})
+    plan = solvers.make_optimal(CPU_LIKE)(problem)
+    assert not plan.feasible and plan.min_device_budget_bytes >= minimum
+    assert f"minimum for P={problem.num_chunks}" in plan.reason and str(plan.min_device_budget_bytes) in plan.reason
+
+
+@pytest.mark.parametrize("field,value", [("device_budget_bytes", -5), ("host_budget_bytes", "1GB"),
+                                         ("device_budget_bytes", 0)])
+def test_bad_budget_names_the_field(field, value):
+    problem = Problem(**{**random_problem(random.Random(0)).__dict__, field: value})
+    for solve in (solvers.make_optimal(UNIT), solvers.hongtu_like):
+        with pytest.raises(ValueError, match=field):
+            solve(problem)
+
+
+def test_unknown_solver_lists_the_solvers():
+    with pytest.raises(ValueError, match="all_device.*flexgnn_greedy.*hongtu_like.*optimal"):
+        solvers.solve(random_problem(random.Random(0)), "best")
+
+
+def test_hongtu_like_keeps_vertex_data_on_host_and_recomputes_aggregates():
+    problem = random_problem(random.Random(5))
+    plan = solvers.hongtu_like(problem)
+    for item in intermediates(problem, plan.orders):
+        if item.name != "graph":
+            assert plan.where(item.name) == ("recompute" if item.recomputable else "host")
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("method", ["none", "metis"])
+def test_chunk_stats_match_the_engine_chunks(kind, method):
+    graph = tricky_graph(num_nodes=60)
+    order = reorder(graph.rowptr, graph.col, method, 4)
+    rowptr, col = relabel_csr(graph.rowptr, graph.col, order)
+    rowptr, col, values = model_graph(rowptr, col, kind)
+    stats = solvers.chunk_stats(rowptr, col, kind, [1, 3, 4, 7, 60, 61])
+    assert sorted(stats) == [1, 3, 4, 7, 60]
+    for count, got in stats.items():
+        chunks = build_chunks(rowptr, col, values, count, self_loops=kind == "gat")
+        assert got == {"max_chunk_rows": max(c.rows for c in chunks),
+                       "max_halo_rows": max(int(c.halo.numel()) for c in chunks),
+                       "max_chunk_edges": max(c.num_edges for c in chunks),
+                       "sum_halo_rows": sum(int(c.halo.numel()) for c in chunks),
+                       "graph_bytes": sum(c.nbytes() for c in chunks)}
+
+
+def test_estimated_chunk_stats_keep_the_problem_and_grow_the_halo_with_p():
+    problem = random_problem(random.Random(11))
+    stats = solvers.estimate_chunk_stats(problem, (1, 2, 4, 8, 16))
+    assert stats[problem.num_chunks] == {name: getattr(problem, name) for name in solvers.STAT_FIELDS}
+    counts = sorted(c for c in stats if c != problem.num_chunks)
+    rows = [stats[c]["max_chunk_rows"] for c in counts]
+    assert rows == sorted(rows, reverse=True)
+    assert all(stats[c]["sum_halo_rows"] <= problem.num_nodes * c for c in counts)
+
+
+def test_every_planner_and_profile_file_names_a_known_solver_or_profile():
+    import pathlib
+
+    import yaml
+
+    from flexgnn_core import calibrate
+
+    conf = pathlib.Path(__file__).resolve().parents[1] / "conf"
+    planners = sorted(conf.glob("planner/*.yaml"))
+    assert {p.stem for p in planners} == set(solvers.SOLVERS)
+    for path in planners:
+        assert yaml.safe_load(path.read_text())["name"] == path.stem
+    for path in sorted(conf.glob("hardware/profile/*.yaml")):
+        assert calibrate.profile(yaml.safe_load(path.read_text())["name"]).source == "datasheet"
+    assert solvers.hardware_for("h100").name == "h100-pcie5-nvme4"
+
+
+def test_the_engine_runs_the_optimal_plan_and_matches_the_all_device_losses(monkeypatch):
+    """Registered at run time (the way bench/planner_quality.py does it), ``optimal`` under a tight budget picks
+    per-layer orders and placements the engine executes; training is exact, so the losses match all-device."""
+    from flexgnn_core import engine, plan
+    from flexgnn_core.models import init_params
+    from flexgnn_core.spec import ModelSpec, TrainSpec
+
+    graph = tricky_graph(num_nodes=80, num_features=16)
+    model = ModelSpec(kind="gcn", num_layers=3, hidden=16)
+    params = init_params(model, graph.num_features, graph.num_classes, seed=0)
+    spec = TrainSpec(epochs=3, warmup_epochs=1, seed=0, device="cpu", progress=False)
+    monkeypatch.setitem(plan.SOLVERS, "optimal", solvers.make_optimal(CPU_LIKE))
+    with solvers.using_hardware(CPU_LIKE):  # an engine that predicts plans with these rates, not a calibration
+        reference = engine.train(graph, model, params, spec, {"policy": "all_device", "num_chunks": 3,
+                                                              "print_plan": False})
+        budget = int(reference.tier_peak_bytes["device"] * 0.93)  # above the working set, below all-device
+        result = engine.train(graph, model, params, spec, {"policy": "optimal", "num_chunks": 3,
+                                                           "print_plan": False, "device_budget_bytes": budget})
+    assert result.plan["policy"] == "optimal" and result.plan["feasible"]
+    assert any(where != "device" for where in result.plan["placement"].values())
+    assert result.tier_peak_bytes["device"] <= budget
+    torch.testing.assert_close(torch.tensor(result.epoch_losses), torch.tensor(reference.epoch_losses),
+                               rtol=1e-4, atol=1e-6)
