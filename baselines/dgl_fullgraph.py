@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from flexgnn_core.data.storage import read_meta, save_graph
-from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec
+from flexgnn_core.spec import Graph, ModelSpec, RunResult, SystemUnavailable, TrainSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ENV_DIR = Path.home() / ".cache" / "flexgnn-bench" / "dgl-env"
@@ -61,7 +61,7 @@ def parse_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-class DGLEnvironmentMissing(RuntimeError):
+class DGLEnvironmentMissing(SystemUnavailable):
     """The pinned DGL environment is absent or incomplete; the message holds the command that creates it."""
 
 

@@ -53,6 +53,11 @@ DEVICE_PEAK_BYTES = "mem/device_peak_bytes"
 HOST_PEAK_BYTES = "mem/host_peak_bytes"
 
 
+class SystemUnavailable(RuntimeError):
+    """A system that cannot run on this machine (a missing environment, library or device); the message says how
+    to make it available. Single runs fail on it; sweeps record the job as skipped and go on."""
+
+
 class GraphError(ValueError):
     """A graph that breaks the container's invariants; the message names the field and the fix."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("system", "model", "dataset", "num_nodes", "num_edges", "avg_degree", "status", "epochs",
-           "median_epoch_s", "speedup_vs_pyg", "val_acc", "test_acc", "host_peak_bytes", "device_peak_bytes")
+           "median_epoch_s", "speedup_vs_pyg", "val_acc", "test_acc", "host_peak_bytes", "device_peak_bytes", "note")
 BASELINE = "pyg"
 
 
@@ -31,6 +31,7 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
         "epochs": len(result.get("epoch_times_s") or []) or None, "median_epoch_s": result.get("median_epoch_s"),
         "speedup_vs_pyg": None, "val_acc": accuracy.get("val"), "test_acc": accuracy.get("test"),
         "host_peak_bytes": peak.get("host"), "device_peak_bytes": peak.get("device"),
+        "note": record.get("error"),  # why a job failed or was skipped (e.g. DGL's environment is missing)
     }
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import record as records
 from harness.config import ConfigError, Settings, validate
-from harness.systems import get_train_fn
+from harness.systems import SystemUnavailable, get_train_fn, preflight
 from harness.tracking import PARENT_ID_FILE, Store
 
 RECORDS_SUBDIR = "records"
@@ -33,8 +33,9 @@ def _hydra_job() -> dict[str, Any]:
     if not HydraConfig.initialized():
         return {}
     hydra = HydraConfig.get()
-    job = {"output_dir": Path(hydra.runtime.output_dir), "overrides": list(hydra.overrides.task)}
-    if hydra.mode == RunMode.MULTIRUN:
+    job = {"output_dir": Path(hydra.runtime.output_dir), "overrides": list(hydra.overrides.task),
+           "multirun": hydra.mode == RunMode.MULTIRUN}
+    if job["multirun"]:
         parent_file = Path(hydra.sweep.dir) / PARENT_ID_FILE
         job["parent_run_id"] = parent_file.read_text().strip() if parent_file.exists() else None
     return job
@@ -75,14 +76,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         resolve_device(settings.train.device)
     except ValueError as error:
         raise ConfigError(f"config field 'hardware.device': {error}") from None
-    train_fn = get_train_fn(settings.system_name)
     config = OmegaConf.to_container(cfg, resolve=True)
+    job = _hydra_job()
+    git = records.git_info()
+    try:
+        train_fn = get_train_fn(settings.system_name)
+        preflight(settings.system_name, settings.system_options)
+    except SystemUnavailable as error:
+        if not job.get("multirun"):  # a single run fails; a sweep records the job as skipped and goes on
+            raise
+        skipped = records.build_record(graph_stats=None, result=None, status="skipped", error=str(error),
+                                       config=config, settings=settings, started=started,
+                                       overrides=job.get("overrides"), tracking=None, git=git)
+        records.write_json(job["output_dir"] / "record.json", skipped, overwrite=True)
+        log.warning("skipped: %s", error)
+        return skipped
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     runs_dir = Path(cfg.runs_dir)
-    job = _hydra_job()
     name = f"{settings.system_name}-{settings.model.kind}-{settings.dataset_name}"
     store = Store.open(cfg.mlflow, runs_dir) if cfg.mlflow.enabled else None
-    git = records.git_info()
     run_id = None
     if store:
         run_id = store.start_run(name, {"system": settings.system_name, "model": settings.model.kind,

@@ -7,8 +7,11 @@ a GPU stack a system needs) still runs every other system, and says clearly why 
 from __future__ import annotations
 
 import importlib
+from typing import Any, Mapping
 
-from flexgnn_core.spec import TrainFn
+from flexgnn_core.spec import SystemUnavailable, TrainFn
+
+__all__ = ["SYSTEMS", "SystemUnavailable", "get_train_fn", "preflight"]
 
 SYSTEMS = {
     "pyg": "baselines.pyg_fullgraph:train",
@@ -18,12 +21,7 @@ SYSTEMS = {
 }
 
 
-class SystemUnavailable(RuntimeError):
-    """A registered system that cannot be imported on this machine."""
-
-
-def get_train_fn(name: str) -> TrainFn:
-    """The ``train`` function of system ``name``; unknown or unimportable systems raise with the reason."""
+def _module(name: str) -> tuple[Any, str]:
     from harness.config import ConfigError
 
     if name not in SYSTEMS:
@@ -37,4 +35,18 @@ def get_train_fn(name: str) -> TrainFn:
         raise SystemUnavailable(f"system '{name}' is unavailable on this machine: importing {module_name} failed "
                                 f"with {type(error).__name__}: {error}{hint}. Fix: install what it needs, or "
                                 f"choose another system ({', '.join(s for s in SYSTEMS if s != name)})") from error
+    return module, function_name
+
+
+def get_train_fn(name: str) -> TrainFn:
+    """The ``train`` function of system ``name``; unknown or unimportable systems raise with the reason."""
+    module, function_name = _module(name)
     return getattr(module, function_name)
+
+
+def preflight(name: str, options: Mapping[str, Any]) -> None:
+    """Run the system's own ``preflight(options)`` if it has one (e.g. DGL checks its pinned environment), so an
+    unavailable system fails before any data is loaded; it raises ``SystemUnavailable`` with the fix."""
+    check = getattr(_module(name)[0], "preflight", None)
+    if check is not None:
+        check(options)

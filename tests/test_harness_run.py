@@ -68,23 +68,36 @@ def test_entry_point_prints_the_record_last_and_mlflow_lists_it(run_harness, har
 
 
 def test_tiny_speedup_sweep_nests_jobs_under_one_parent(run_harness, harness_dirs, mlflow_client):
-    done = run_harness("+sweep=speedup", "+debug=fast", "model=gcn,sage", "dataset.avg_degree=3")
+    # DGL's pinned environment is made absent: a sweep records those jobs as skipped (with the fix) and goes on.
+    harness_dirs.env["FLEXGNN_DGL_ENV"] = str(harness_dirs.root / "no-dgl-env")
+    done = run_harness("+sweep=speedup", "+debug=fast", "system=pyg,dgl", "model=gcn,sage", "dataset.avg_degree=3")
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
-    assert sorted(r["model"] for r in records) == ["gcn", "sage"]
+    assert sorted((r["system"], r["model"], r["status"]) for r in records) == [
+        ("dgl", "gcn", "skipped"), ("dgl", "sage", "skipped"), ("pyg", "gcn", "ok"), ("pyg", "sage", "ok")]
+    ran = [r for r in records if r["status"] == "ok"]
     (sweep_dir,) = (harness_dirs.runs_dir / "sweeps").iterdir()
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
-    assert sorted(row["model"] for row in rows) == ["gcn", "sage"]
-    assert all(float(row["speedup_vs_pyg"]) == 1.0 for row in rows)  # pyg against itself
+    assert sorted((row["system"], row["model"]) for row in rows) == [
+        ("dgl", "gcn"), ("dgl", "sage"), ("pyg", "gcn"), ("pyg", "sage")]
+    assert all(float(row["speedup_vs_pyg"]) == 1.0 for row in rows if row["system"] == "pyg")  # pyg vs itself
+    assert all("make_dgl_env.sh" in row["note"] for row in rows if row["system"] == "dgl")
     parent_id = (sweep_dir / "mlflow_parent_run_id.txt").read_text().strip()
     experiment = mlflow_client.get_experiment_by_name("flexgnn-bench")
     runs = mlflow_client.search_runs([experiment.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
-    assert len(runs) == 3 and len(children) == 2
-    assert {r.info.run_id for r in children} == {r["tracking"]["run_id"] for r in records}
+    assert len(runs) == 3 and len(children) == 2  # skipped jobs leave no MLflow run
+    assert {r.info.run_id for r in children} == {r["tracking"]["run_id"] for r in ran}
     assert mlflow_client.get_run(parent_id).info.status == "FINISHED"
     assert {a.path for a in mlflow_client.list_artifacts(parent_id)} == {"summary.csv", "summary.md"}
-    assert "sweep [####################] 2/2" in done.stderr
+    assert "sweep [####################] 4/4" in done.stderr
+
+
+def test_single_run_of_an_unavailable_system_fails_with_the_fix(run_harness, harness_dirs):
+    harness_dirs.env["FLEXGNN_DGL_ENV"] = str(harness_dirs.root / "no-dgl-env")
+    done = run_harness("+debug=fast", "system=dgl")
+    assert done.returncode == 1 and "make_dgl_env.sh" in done.stderr
+    assert not (harness_dirs.runs_dir / "records").exists()
 
 
 def test_records_hold_no_inf_or_nan():
