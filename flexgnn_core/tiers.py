@@ -1,0 +1,189 @@
+"""Tier storage for whole-graph intermediates, with every byte counter in one place.
+
+- ``device``: CUDA when present, else CPU memory (accounted apart from host so that plans are checked here too).
+- ``host``: CPU memory, pinned when CUDA is present. Reads copy the rows to the device (a real copy on CPU too).
+- ``disk``: one ``np.memmap`` file per buffer in a private working directory, removed when the store closes
+  (also on error or Ctrl-C: the store is a context manager and registers an ``atexit`` fallback).
+
+``TierStore.counters`` holds current and peak bytes per tier, bytes per link (``h2d``, ``d2h``, ``disk_read``,
+``disk_write``) and the prefetch overlap times. Counters are updated under a lock: prefetch threads read too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flexgnn_core.spec import TIERS
+
+STORE_LINKS = ("h2d", "d2h", "disk_read", "disk_write")
+
+
+@dataclass
+class Counters:
+    current: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TIERS})
+    peak: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TIERS})
+    links: dict[str, int] = field(default_factory=lambda: {k: 0 for k in STORE_LINKS})
+    fetch_s: float = 0.0  # time spent fetching in the prefetch thread
+    wait_s: float = 0.0  # time the compute thread waited for a prefetch
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def hold(self, tier: str, nbytes: int) -> None:
+        with self.lock:
+            self.current[tier] += nbytes
+            self.peak[tier] = max(self.peak[tier], self.current[tier])
+
+    def release(self, tier: str, nbytes: int) -> None:
+        with self.lock:
+            self.current[tier] -= nbytes
+
+    def moved(self, link: str, nbytes: int) -> None:
+        with self.lock:
+            self.links[link] += nbytes
+
+    @property
+    def hidden_s(self) -> float:
+        return max(self.fetch_s - self.wait_s, 0.0)
+
+
+class Buffer:
+    """A ``[rows, *shape]`` fp32 array on one tier; rows are read, written and scatter-added by index or range."""
+
+    def __init__(self, store: "TierStore", name: str, shape: tuple[int, ...], tier: str):
+        self.store, self.name, self.shape, self.tier = store, name, shape, tier
+        self.nbytes = int(np.prod(shape)) * 4
+        if tier == "device":
+            self.data = torch.zeros(shape, dtype=torch.float32, device=store.device)
+        elif tier == "host":
+            self.data = torch.zeros(shape, dtype=torch.float32, pin_memory=store.device.type == "cuda")
+        else:
+            path = store.disk_path(name)
+            try:
+                array = np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
+            except OSError as error:
+                store.close()
+                raise OSError(f"disk tier: cannot create {self.nbytes} bytes at {path} ({error}); set disk_dir to "
+                              "a writable directory with enough free space") from error
+            self.data = torch.from_numpy(array)
+        store.counters.hold(tier, self.nbytes)
+
+    def row_bytes(self, rows: int) -> int:
+        return rows * (self.nbytes // max(self.shape[0], 1))
+
+    def read(self, index: Tensor | slice) -> Tensor:
+        """Rows ``index`` as a device tensor (a copy unless the buffer is on the device and index is a range)."""
+        counters, device = self.store.counters, self.store.device
+        if self.tier == "device":
+            return self.data[index]
+        if isinstance(index, Tensor):
+            index = index.cpu()
+        rows = self.data[index]
+        if self.tier == "disk":
+            rows = rows.clone() if isinstance(index, slice) else rows  # fancy indexing already copied
+            counters.moved("disk_read", rows.numel() * 4)
+        counters.moved("h2d", rows.numel() * 4)
+        if device.type == "cpu":
+            return rows.clone()  # the host -> device copy, real on CPU too so that offload costs show
+        return rows.pin_memory().to(device, non_blocking=True) if self.tier == "disk" else rows.to(device)
+
+    def write(self, index: slice, rows: Tensor) -> None:
+        if self.tier == "device":
+            self.data[index] = rows
+            return
+        self.store.counters.moved("d2h", rows.numel() * 4)
+        if self.tier == "disk":
+            self.store.counters.moved("disk_write", rows.numel() * 4)
+        self.data[index] = rows.cpu()
+
+    def add(self, index: Tensor | slice, rows: Tensor) -> None:
+        """``self[index] += rows`` (indices distinct); off-device this is a read-modify-write of those rows."""
+        if isinstance(index, Tensor) and index.numel() == self.shape[0]:
+            index = slice(0, self.shape[0])  # sorted distinct indices covering every row: a plain add
+        if self.tier != "device":
+            self.store.counters.moved("d2h", rows.numel() * 4)
+            if self.tier == "disk":
+                self.store.counters.moved("disk_read", rows.numel() * 4)
+                self.store.counters.moved("disk_write", rows.numel() * 4)
+            rows = rows.cpu()
+            index = index.cpu() if isinstance(index, Tensor) else index
+        if isinstance(index, slice):
+            self.data[index] += rows
+        else:
+            self.data.index_add_(0, index, rows)
+
+    def zero_(self) -> None:
+        if self.tier == "disk":
+            self.store.counters.moved("disk_write", self.nbytes)
+        self.data.zero_()
+
+    def free(self) -> None:
+        self.store.counters.release(self.tier, self.nbytes)
+        self.data = None
+
+
+class TierStore:
+    """Owns every buffer and the disk working directory. ``with TierStore(device, disk_dir) as store: ...``."""
+
+    def __init__(self, device: torch.device, disk_dir: str | None = None):
+        self.device = device
+        self.counters = Counters()
+        self.buffers: dict[str, Buffer] = {}
+        self._disk_parent = disk_dir
+        self._workdir: Path | None = None
+        atexit.register(self.close)
+
+    def disk_path(self, name: str) -> Path:
+        if self._workdir is None:
+            parent = self._disk_parent
+            try:
+                if parent is not None:
+                    Path(parent).mkdir(parents=True, exist_ok=True)
+                self._workdir = Path(tempfile.mkdtemp(prefix="flexgnn-", dir=parent))
+            except OSError as error:
+                raise OSError(f"disk tier: disk_dir={parent!r} is not writable ({error}); set disk_dir to a "
+                              "writable directory") from error
+        return self._workdir / f"{name}.f32"
+
+    @property
+    def workdir(self) -> Path | None:
+        return self._workdir
+
+    def alloc(self, name: str, shape: tuple[int, ...], tier: str) -> Buffer:
+        if tier not in TIERS:
+            raise ValueError(f"tier '{tier}' for '{name}' is unknown; valid: {', '.join(TIERS)}")
+        buffer = Buffer(self, name, tuple(int(s) for s in shape), tier)
+        self.buffers[name] = buffer
+        return buffer
+
+    def track(self, *tensors: Tensor) -> int:
+        """Account device working tensors of one step; returns their bytes (pass to ``untrack`` after)."""
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        self.counters.hold("device", nbytes)
+        return nbytes
+
+    def untrack(self, nbytes: int) -> None:
+        self.counters.release("device", nbytes)
+
+    def close(self) -> None:
+        for buffer in list(self.buffers.values()):
+            if buffer.data is not None:
+                buffer.free()
+        self.buffers.clear()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> "TierStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,106 @@
+"""Tier storage: the same reads, writes and scatter-adds on every tier, exact byte counters per link and tier,
+and disk files that disappear at the end, on errors and on Ctrl-C."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flexgnn_core.tiers import TierStore
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("tier", ["device", "host", "disk"])
+def test_rows_read_write_and_scatter_add_like_a_plain_tensor(tier, tmp_path):
+    reference = torch.zeros(10, 3)
+    rows = torch.arange(12, dtype=torch.float32).view(4, 3)
+    index = torch.tensor([7, 1, 4])
+    with TierStore(CPU, str(tmp_path)) as store:
+        buffer = store.alloc("x", (10, 3), tier)
+        buffer.write(slice(2, 6), rows)
+        reference[2:6] = rows
+        buffer.add(index, rows[:3])
+        reference.index_add_(0, index, rows[:3])
+        buffer.add(slice(0, 2), rows[:2])
+        reference[0:2] += rows[:2]
+        torch.testing.assert_close(buffer.read(slice(0, 10)), reference, rtol=0, atol=0)
+        torch.testing.assert_close(buffer.read(index), reference[index], rtol=0, atol=0)
+        full = buffer.read(torch.arange(10))
+        full += 1  # a read of an off-device tier is a copy: changing it leaves the stored rows alone
+        if tier != "device":
+            torch.testing.assert_close(buffer.read(slice(0, 10)), reference, rtol=0, atol=0)
+
+
+def test_link_counters_count_exact_bytes(tmp_path):
+    with TierStore(CPU, str(tmp_path)) as store:
+        host, disk, device = (store.alloc(name, (8, 4), name) for name in ("host", "disk", "device"))
+        row_bytes = 4 * 4
+        host.write(slice(0, 2), torch.ones(2, 4))  # d2h 2 rows
+        host.read(torch.tensor([0, 5, 6]))  # h2d 3 rows
+        disk.write(slice(0, 8), torch.ones(8, 4))  # d2h + disk_write 8 rows
+        disk.read(slice(1, 3))  # disk_read + h2d 2 rows
+        disk.add(torch.tensor([3]), torch.ones(1, 4))  # d2h, disk_read, disk_write 1 row
+        device.write(slice(0, 8), torch.ones(8, 4))
+        device.read(torch.tensor([1, 2]))  # nothing crosses a link
+        links = store.counters.links
+        assert links == {"h2d": 5 * row_bytes, "d2h": 11 * row_bytes, "disk_read": 3 * row_bytes,
+                         "disk_write": 9 * row_bytes}
+
+
+def test_tier_bytes_and_peaks_are_accounted(tmp_path):
+    with TierStore(CPU, str(tmp_path)) as store:
+        a = store.alloc("a", (100, 10), "device")
+        store.alloc("b", (50, 10), "host")
+        held = store.track(torch.empty(25, 10))
+        assert store.counters.current == {"device": 5000, "host": 2000, "disk": 0}
+        store.untrack(held)
+        a.free()
+        store.alloc("c", (10, 10), "device")
+        assert store.counters.current["device"] == 400
+        assert store.counters.peak == {"device": 5000, "host": 2000, "disk": 0}
+
+
+def test_disk_files_live_in_a_private_dir_removed_at_close(tmp_path):
+    store = TierStore(CPU, str(tmp_path))
+    store.alloc("h1", (1000, 16), "disk")
+    files = list(store.workdir.iterdir())
+    assert [f.name for f in files] == ["h1.f32"] and files[0].stat().st_size == 1000 * 16 * 4
+    assert store.workdir.parent == tmp_path
+    store.close()
+    assert list(tmp_path.iterdir()) == []
+    store.close()  # closing twice is harmless
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_disk_files_removed_on_error_and_ctrl_c(tmp_path, error):
+    with pytest.raises(error):
+        with TierStore(CPU, str(tmp_path)) as store:
+            store.alloc("grad_h1", (100, 8), "disk").write(slice(0, 100), torch.ones(100, 8))
+            assert list(tmp_path.iterdir())
+            raise error()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_disk_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    store = TierStore(CPU, str(blocker / "spill"))
+    with pytest.raises(OSError, match="disk_dir=.*is not writable.*set disk_dir to a writable directory"):
+        store.alloc("h1", (10, 4), "disk")
+    store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_full_disk_is_a_clear_error_and_cleans_up(tmp_path):
+    store = TierStore(CPU, str(tmp_path))
+    store.alloc("small", (4, 4), "disk")
+    with pytest.raises(OSError, match="disk tier: cannot create .* bytes"):
+        store.alloc("huge", (2**40, 2**20), "disk")  # far beyond any file system's free space
+    assert store.workdir is None and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_tier_lists_valid_ones():
+    with TierStore(CPU) as store:
+        with pytest.raises(ValueError, match="tier 'tape' for 'h1' is unknown; valid: device, host, disk"):
+            store.alloc("h1", (4, 4), "tape")
