@@ -1,0 +1,214 @@
+"""FlexGNN engine vs PyG full-graph training, side by side in one run, plus offload costs and SpMM efficiency.
+
+What it measures, per model (GCN, GraphSAGE, GAT) on one synthetic graph:
+1. PyG baseline (``baselines/pyg_fullgraph.py``, sparse CSR path) vs FlexGNN ``all_device`` (P=1): median epoch
+   time (warm-up excluded, the shared timed loop) and their ratio. Goals: <= 1.0 GAT/SAGE, <= 0.75 2-layer GCN.
+2. FlexGNN under a device budget of 1/``--budget-fraction`` of its own all_device accounted device peak, with
+   each ``--offload`` policy at the smallest P of ``--chunks`` whose plan fits: epoch time ratio vs all_device
+   (goals: <= 2x host offload, <= 3x disk), also vs all_device at the same P and reordering (which separates
+   the cost of offloading from the effect of chunking), accounted device peak vs budget, bytes per link.
+3. Aggregation throughput: one whole-graph ``torch.sparse.mm`` (GCN-normalised CSR @ [N, F]) and the chunked
+   one, as a fraction of measured memory-copy bandwidth (minimum traffic: CSR + read X + write Y).
+
+Why: the engine's speedups only mean something if training is exact (tests/test_engine_exact.py) and timed like
+every other system. Each run is its own subprocess so that no run inherits another's memory or warm caches.
+On CPU "device" and "host" are both CPU memory: tiers are accounted apart and host/disk reads are real copies.
+
+Command (moderate size, some minutes on 2 shared cores):
+    python bench/flexgnn_vs_pyg.py --nodes 50000 --avg-degree 20 --features 128 --hidden 128 --epochs 3
+The last stdout line is one compact JSON record of all runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = ("gcn", "sage", "gat")
+OFFLOAD = ("flexgnn_greedy", "all_host", "all_disk")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=50_000)
+    parser.add_argument("--avg-degree", type=float, default=20.0)
+    parser.add_argument("--features", type=int, default=128)
+    parser.add_argument("--classes", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3, help="including one warm-up epoch")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--offload", default=",".join(OFFLOAD), help="policies run under the budget ('' = none)")
+    parser.add_argument("--budget-fraction", type=float, default=8.0)
+    parser.add_argument("--chunks", default="4,8,16,32,64,128,256", help="P candidates under the budget")
+    parser.add_argument("--reorder", default="metis", help="reordering for the budgeted runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (one warm-up epoch is excluded from the median)")
+    return args
+
+
+def _graph(args):
+    from flexgnn_core.data.synthetic import make_synthetic
+
+    return make_synthetic(num_nodes=args.nodes, avg_degree=args.avg_degree, num_features=args.features,
+                          num_classes=args.classes, seed=args.seed)
+
+
+def _model(args, kind: str):
+    from flexgnn_core.spec import ModelSpec
+
+    return ModelSpec(kind=kind, num_layers=args.layers, hidden=args.hidden, heads=args.heads)
+
+
+def run_training(args, job: dict) -> dict:
+    """One training run (``job``: model, system, options; ``budget`` runs also search P)."""
+    import torch
+
+    from baselines import pyg_fullgraph
+    from flexgnn_core import engine
+    from flexgnn_core.models import init_params
+    from flexgnn_core.spec import TrainSpec
+    from flexgnn_core.tiers import TierStore
+
+    graph, model = _graph(args), _model(args, job["model"])
+    params = init_params(model, graph.num_features, graph.num_classes, seed=args.seed)
+    train = TrainSpec(epochs=args.epochs, warmup_epochs=1, seed=args.seed, device="auto", progress=False)
+    options = dict(job.get("options", {}))
+    if job["system"] == "pyg":
+        result = pyg_fullgraph.train(graph, model, params, train, {"path": "csr"})
+    else:
+        if "chunk_candidates" in job:  # smallest P whose plan fits the budget
+            opts = {**engine.DEFAULTS, **options}
+            for num_chunks in job["chunk_candidates"]:
+                opts["num_chunks"] = num_chunks
+                with TierStore(torch.device("cpu")) as store:
+                    plan = engine.Engine(graph, model, params, torch.device("cpu"), store, opts).plan
+                if plan.feasible:
+                    break
+            options["num_chunks"] = opts["num_chunks"]
+        result = engine.train(graph, model, params, train, {**options, "print_plan": True})
+    return {"model": job["model"], "system": job["system"], "label": job["label"], "options": options,
+            "median_epoch_s": result.median_epoch_s, "epoch_times_s": result.epoch_times_s,
+            "epoch_losses": result.epoch_losses, "tier_peak_bytes": result.tier_peak_bytes,
+            "io_bytes": result.io_bytes, "peak_bytes": result.peak_bytes, "extra": result.extra,
+            "plan": result.plan, "num_nodes": graph.num_nodes, "num_edges": graph.num_edges,
+            "threads": torch.get_num_threads()}
+
+
+def _median_time(fn, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_aggregation(args) -> dict:
+    """SpMM throughput vs memory-copy bandwidth (whole graph and in chunks, GCN normalisation)."""
+    import torch
+
+    from flexgnn_core.chunks import build_chunks
+    from flexgnn_core.norm import gcn_norm_csr
+
+    graph = _graph(args)
+    big = torch.empty(64 * 2**20, dtype=torch.float32)  # 256 MiB
+    copy_s = _median_time(lambda: big.clone())
+    bandwidth = 2 * big.numel() * 4 / copy_s  # read + write
+    rowptr, col, values = gcn_norm_csr(graph.rowptr, graph.col)
+    n, e, f = graph.num_nodes, int(col.numel()), graph.num_features
+    x = graph.x.contiguous()
+    adj = torch.sparse_csr_tensor(rowptr, col, values, (n, n), check_invariants=False)
+    whole_s = _median_time(lambda: torch.sparse.mm(adj, x))
+    chunks = build_chunks(rowptr, col, values, 8, self_loops=False)
+    chunked_s = _median_time(lambda: [torch.sparse.mm(c.matrix(c.values, n), x) for c in chunks])
+    traffic = e * (8 + 4) + (n + 1) * 8 + 2 * n * f * 4  # CSR (int64 col, fp32 value) + read X + write Y
+    return {"label": "aggregation", "copy_bandwidth_Bps": bandwidth, "spmm_whole_s": whole_s,
+            "spmm_chunked8_s": chunked_s, "min_traffic_bytes": traffic,
+            "whole_fraction_of_bandwidth": traffic / whole_s / bandwidth,
+            "chunked_fraction_of_bandwidth": traffic / chunked_s / bandwidth, "threads": torch.get_num_threads()}
+
+
+def in_subprocess(argv: list[str], job: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, *argv, "--worker", json.dumps(job)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        return {**job, "error": done.stderr.strip().splitlines()[-3:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker:
+        job = json.loads(args.worker)
+        print(json.dumps(run_aggregation(args) if job["label"] == "aggregation" else run_training(args, job)))
+        return
+    print(f"graph: synthetic {args.nodes} nodes, avg degree {args.avg_degree}, {args.features} features; "
+          f"{args.layers} layers, hidden {args.hidden}; epochs {args.epochs} (1 warm-up)", flush=True)
+    runs = [in_subprocess(argv, {"label": "aggregation"})]
+    agg = runs[0]
+    if "error" not in agg:
+        print(f"aggregation: copy bandwidth {agg['copy_bandwidth_Bps'] / 1e9:.1f} GB/s; SpMM whole "
+              f"{agg['spmm_whole_s']:.3f} s = {agg['whole_fraction_of_bandwidth']:.1%} of bandwidth, 8 chunks "
+              f"{agg['spmm_chunked8_s']:.3f} s = {agg['chunked_fraction_of_bandwidth']:.1%}", flush=True)
+    summary = {}
+    for kind in args.models.split(","):
+        pyg = in_subprocess(argv, {"label": "pyg", "model": kind, "system": "pyg"})
+        own = in_subprocess(argv, {"label": "all_device", "model": kind, "system": "flexgnn",
+                                   "options": {"policy": "all_device", "num_chunks": 1}})
+        runs += [pyg, own]
+        row = {"pyg_s": pyg.get("median_epoch_s"), "all_device_s": own.get("median_epoch_s")}
+        if row["pyg_s"] and row["all_device_s"]:
+            row["ratio_vs_pyg"] = row["all_device_s"] / row["pyg_s"]
+        print(f"{kind}: pyg {row['pyg_s']} s, flexgnn all_device {row['all_device_s']} s, ratio "
+              f"{row.get('ratio_vs_pyg')}", flush=True)
+        if "error" in own:
+            print(f"  all_device failed: {own['error']}", flush=True)
+            summary[kind] = row
+            continue
+        budget = int(own["tier_peak_bytes"]["device"] / args.budget_fraction)
+        for policy in [p for p in args.offload.split(",") if p]:
+            job = {"label": f"{policy}@1/{args.budget_fraction:g}", "model": kind, "system": "flexgnn",
+                   "options": {"policy": policy, "reorder": args.reorder, "device_budget_bytes": budget},
+                   "chunk_candidates": [int(c) for c in args.chunks.split(",")]}
+            run = in_subprocess(argv, job)
+            runs.append(run)
+            if "error" in run:
+                print(f"  {policy}: failed {run['error']}", flush=True)
+                continue
+            if "all_device_same_p_s" not in row:  # separates the cost of offload from that of chunking
+                same = in_subprocess(argv, {"label": f"all_device@P={run['options']['num_chunks']}", "model": kind,
+                                            "system": "flexgnn", "options": {
+                                                "policy": "all_device", "reorder": args.reorder,
+                                                "num_chunks": run["options"]["num_chunks"]}})
+                runs.append(same)
+                row["all_device_same_p_s"] = same.get("median_epoch_s")
+                print(f"  all_device at P={run['options']['num_chunks']} ({args.reorder}): "
+                      f"{row['all_device_same_p_s']} s", flush=True)
+            ratio = run["median_epoch_s"] / row["all_device_s"]
+            row[f"{policy}_ratio_vs_all_device"] = ratio
+            if row.get("all_device_same_p_s"):
+                row[f"{policy}_ratio_vs_all_device_same_p"] = run["median_epoch_s"] / row["all_device_same_p_s"]
+            print(f"  {policy} budget {budget / 2**20:.1f} MiB, P={run['options']['num_chunks']}: "
+                  f"{run['median_epoch_s']:.3f} s = {ratio:.2f}x all_device; device peak "
+                  f"{run['tier_peak_bytes']['device'] / 2**20:.1f} MiB; io "
+                  f"{ {k: round(v / 2**20, 1) for k, v in run['io_bytes'].items()} } MiB; prefetch hidden "
+                  f"{run['extra']['prefetch_hidden_s']:.2f} s of {run['extra']['prefetch_fetch_s']:.2f} s",
+                  flush=True)
+        summary[kind] = row
+    print(json.dumps({"bench": "flexgnn_vs_pyg", "args": {k: v for k, v in vars(args).items() if k != "worker"},
+                      "summary": summary, "runs": runs}, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
