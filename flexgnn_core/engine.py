@@ -28,14 +28,15 @@ from flexgnn_core.loop import timed_training
 from flexgnn_core.memory import PeakMemoryMeter
 from flexgnn_core.models import masked_accuracy
 from flexgnn_core.norm import add_self_loops_csr, gcn_norm_csr, mean_norm_csr
-from flexgnn_core.plan import Problem, custom_plan, solve, transform_width
+from flexgnn_core import cost, solvers
+from flexgnn_core.plan import Plan, Problem, custom_plan, transform_width
 from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
 from flexgnn_core.tiers import TierStore
 
 SYSTEM = "flexgnn"
-DEFAULTS = {"policy": "flexgnn_greedy", "num_chunks": 4, "reorder": "none", "order": "auto", "prefetch": True,
+DEFAULTS = {"policy": "optimal", "num_chunks": 4, "reorder": "none", "order": "auto", "prefetch": True,
             "placement": None, "device_budget_bytes": None, "host_budget_bytes": None, "disk_dir": None,
-            "print_plan": True}
+            "print_plan": True, "hardware": None}
 
 
 def model_graph(graph_rowptr: Tensor, graph_col: Tensor, kind: str) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -78,6 +79,22 @@ class Engine:
         self.num_train = int(self.masks["train"].sum())
         self.params = {name: value.detach().to(device, copy=True) for name, value in params.items()}
         self.preprocess_s = time.perf_counter() - start
+        self._set_problem(num_chunks, options)
+        start = time.perf_counter()
+        hw = solvers.hardware_for(options["hardware"], device)
+        if options["placement"] is not None:
+            self.plan = custom_plan(self.problem, dict(options["placement"]))
+        else:
+            self.plan = solvers.solve(self.problem, options["policy"], hw)
+        if self.plan.num_chunks != num_chunks:  # optimal_p chose another P: rebuild the blocks, re-plan exactly
+            self.chunks = build_chunks(rowptr, col, values, self.plan.num_chunks, self_loops=self.kind == "gat")
+            self._set_problem(self.plan.num_chunks, options)
+            self.plan = Plan(**{**solvers.solve(self.problem, "optimal", hw).__dict__, "policy": self.plan.policy})
+        self.plan_s = time.perf_counter() - start
+        self.prediction = cost.predict(self.plan, self.problem, hw)
+        self.prefetch = bool(options["prefetch"])
+
+    def _set_problem(self, num_chunks: int, options: Mapping[str, Any]) -> None:
         self.problem = Problem(
             kind=self.kind, dims=tuple(self.dims), heads=self.heads, num_nodes=self.num_nodes,
             num_edges=self.num_edges, num_chunks=num_chunks,
@@ -88,13 +105,6 @@ class Engine:
             param_bytes=sum(p.numel() * 4 for p in self.params.values()),
             device_budget_bytes=options["device_budget_bytes"], host_budget_bytes=options["host_budget_bytes"],
             order_rule=options["order"])
-        start = time.perf_counter()
-        if options["placement"] is not None:
-            self.plan = custom_plan(self.problem, dict(options["placement"]))
-        else:
-            self.plan = solve(self.problem, options["policy"])
-        self.plan_s = time.perf_counter() - start
-        self.prefetch = bool(options["prefetch"])
 
     # ---- storage -------------------------------------------------------------------------------------------
     def allocate(self) -> None:
@@ -435,7 +445,9 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
     with TierStore(device, opts["disk_dir"]) as store:
         engine = Engine(graph, model, params, device, store, opts)
         if opts["print_plan"]:
-            print(str(engine.plan), file=sys.stderr)
+            guess = engine.prediction
+            print(f"{engine.plan}\n  predicted epoch {guess.epoch_s:.4g} s (compute {guess.compute_s:.4g} s, "
+                  f"transfers {sum(dict(guess.transfer_s).values()):.4g} s)", file=sys.stderr)
         engine.allocate()
         optimizer = torch.optim.Adam(list(engine.params.values()), lr=model.lr)
 
@@ -464,6 +476,7 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
         budget = opts["device_budget_bytes"]
         result.extra = {
             "policy": engine.plan.policy, "num_chunks": engine.problem.num_chunks, "reorder": opts["reorder"],
+            "predicted_epoch_s": engine.prediction.epoch_s, "prediction": engine.prediction.to_json(),
             "prefetch_fetch_s": counters.fetch_s, "prefetch_wait_s": counters.wait_s,
             "prefetch_hidden_s": counters.hidden_s,
             "device_within_budget": None if budget is None else counters.peak["device"] <= budget,

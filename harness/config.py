@@ -108,6 +108,9 @@ class HardwareConfig:
     device_budget_bytes: Any = None  # int bytes or "512MiB" / "2GB"; null = unlimited
     host_budget_bytes: Any = None
     disk_dir: Optional[str] = None  # null = a temporary directory chosen by the system
+    # Planning what-ifs: a datasheet profile (h200, h100, a100 or gpu-link-disk such as h100-pcie4-nvme5,
+    # flexgnn_core/calibrate.py) instead of this machine's measured calibration; null = measured.
+    profile: Optional[str] = None
 
 
 @dataclass
@@ -137,8 +140,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     runs_dir: str = "${oc.env:FLEXGNN_RUNS_DIR,runs}"
-    # `+planner=NAME` (conf/planner/, the planner issue's group): composed and kept in the record; which system
-    # option it sets is that wiring, not the harness's.
+    # `planner=NAME` (conf/planner/): the flexgnn engine's plan solver; null = the system file's `policy`.
     planner: Any = None
 
 
@@ -248,6 +250,16 @@ def validate(cfg: DictConfig) -> Settings:
     for key in HARDWARE_BYTE_KEYS:
         options[key] = parse_bytes(hardware.get(key), f"hardware.{key}")
     options["disk_dir"] = hardware.get("disk_dir")
+    options["hardware"] = hardware.get("profile")
+    if options["hardware"] is not None and system_name != "flexgnn":
+        raise ConfigError(f"config field 'hardware.profile': a datasheet profile only steers the flexgnn planner, "
+                          f"but system={system_name}. Fix: add system=flexgnn or drop hardware.profile=")
+    planner = cfg.get("planner")
+    if planner is not None:
+        if system_name != "flexgnn":
+            raise ConfigError(f"config field 'planner': planner={planner.get('name')} plans the flexgnn engine, but "
+                              f"system={system_name}. Fix: add system=flexgnn or drop planner=")
+        options["policy"] = planner.get("name")
     options = {key: value for key, value in options.items() if value is not None or key in system}
     if train.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", train.device):
         raise ConfigError(f"config field 'hardware.device': got {train.device!r}. Fix: hardware.device=auto, cpu, "

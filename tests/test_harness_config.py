@@ -26,7 +26,7 @@ def test_default_run_is_the_documented_one(compose):
                                         "num_classes": 8, "seed": 0}
     assert (settings.model.num_layers, settings.model.hidden) == (2, 128)
     assert settings.train.epochs == 30 and settings.train.warmup_epochs == 1 and settings.train.device == "auto"
-    assert settings.system_options == {"path": "csr"}  # pyg's own key; unlimited hardware adds no keys
+    assert settings.system_options == {"path": "auto"}  # pyg's own key; unlimited hardware adds no keys
 
 
 @pytest.mark.parametrize("dataset", options("dataset"))
@@ -72,6 +72,25 @@ def test_knobs_reach_the_train_inputs(compose):
     assert settings.system_options["policy"]  # flexgnn's own keys pass through untouched
 
 
+@pytest.mark.parametrize("planner", options("planner"))
+def test_every_planner_becomes_the_flexgnn_policy(compose, planner):
+    settings = validate(compose(["system=flexgnn", f"planner={planner}", "hardware.profile=h100-pcie4-nvme5",
+                                 "hardware.device_budget_bytes=64MiB"]))
+    assert settings.system_options["policy"] == planner and settings.system_options["hardware"] == "h100-pcie4-nvme5"
+    assert settings.system_options["device_budget_bytes"] == 64 * 2**20
+
+
+def test_flexgnn_defaults_to_the_optimal_planner_on_measured_rates(compose):
+    settings = validate(compose(["system=flexgnn"]))
+    assert settings.system_options["policy"] == "optimal" and "hardware" not in settings.system_options
+
+
+@pytest.mark.parametrize("override", ["planner=optimal", "hardware.profile=h200"])
+def test_planning_knobs_refuse_systems_that_do_not_plan(compose, override):
+    with pytest.raises(ConfigError, match="system=flexgnn"):
+        validate(compose(["system=pyg", override]))
+
+
 def test_debug_fast_shrinks_any_run(compose):
     for model in options("model"):
         settings = validate(compose([f"model={model}", "+debug=fast"]))
@@ -84,7 +103,7 @@ def test_speedup_sweep_composes_every_job(compose):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     params = cfg.hydra.sweeper.params
     systems, models, degrees = (str(params[key]).split(",") for key in ("system", "model", "dataset.avg_degree"))
-    assert set(systems) <= set(SYSTEMS) and set(models) == {"gcn", "sage", "gat"} and len(degrees) >= 2
+    assert set(systems) == set(SYSTEMS) and set(models) == {"gcn", "sage", "gat"} and len(degrees) >= 2
     assert count_jobs(cfg) == len(systems) * len(models) * len(degrees)
     for system, model, degree in itertools.product(systems, models, degrees):
         settings = validate(compose([f"system={system}", f"model={model}", f"dataset.avg_degree={degree}"]))
