@@ -22,13 +22,12 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import Tensor
 
-from flexgnn_core import ops
+from flexgnn_core import cost, ops, solvers
 from flexgnn_core.chunks import Chunk, build_chunks, relabel_csr, reorder
 from flexgnn_core.loop import timed_training
 from flexgnn_core.memory import PeakMemoryMeter
 from flexgnn_core.models import masked_accuracy
 from flexgnn_core.norm import add_self_loops_csr, gcn_norm_csr, mean_norm_csr
-from flexgnn_core import cost, solvers
 from flexgnn_core.plan import Plan, Problem, custom_plan, transform_width
 from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
 from flexgnn_core.tiers import TierStore
