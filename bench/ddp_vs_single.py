@@ -24,73 +24,50 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` puts only bench/ on sys.path
+from bench import common  # noqa: E402
 
 SYSTEMS = ("ddp", "pyg", "flexgnn")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--nodes", type=int, default=50_000)
-    parser.add_argument("--avg-degree", type=float, default=20.0, help="edges = nodes * avg_degree")
-    parser.add_argument("--features", type=int, default=128)
-    parser.add_argument("--classes", type=int, default=16)
+    common.add_graph_model_args(parser, epochs=5)
     parser.add_argument("--model", default="gcn", choices=["gcn", "sage", "gat"])
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=5, help="including one warm-up epoch")
-    parser.add_argument("--world-size", type=int, default=2, help="DDP ranks")
+    parser.add_argument("--world-size", type=common.positive_int, default=2, help="DDP ranks")
     parser.add_argument("--partition", default="metis", choices=["metis", "contiguous"])
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--no-input-cache", action="store_true",
                         help="DDP recomputes layer 0's aggregation (and fetches its halo) every epoch")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=common.positive_int, default=None,
                         help="torch threads of the single-process systems (default: torch's, one per core); DDP "
                              "ranks always get cores / ranks each")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker", metavar="SYSTEM", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be positive, got {args.threads}")
-    for name in ("nodes", "features", "classes", "hidden", "layers", "heads", "epochs", "world_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.epochs < 2:
-        parser.error("--epochs must be >= 2 (one warm-up epoch is excluded from the median)")
-    return args
+    return parser.parse_args(argv)
 
 
-def run_one(args: argparse.Namespace, system: str) -> dict:
-    """One training run of ``system`` in this process; returns its numbers as a JSON-ready dict."""
+def run_one(args: argparse.Namespace, job: dict) -> dict:
+    """One training run (``job``: system) in this process; returns its numbers as a JSON-ready dict."""
     import torch
 
-    from flexgnn_core.data.synthetic import make_synthetic
-    from flexgnn_core.memory import PeakMemoryMeter
-    from flexgnn_core.models import init_params
-    from flexgnn_core.spec import ModelSpec, TrainSpec
     from harness.systems import get_train_fn
 
+    system = job["system"]
     if args.threads and system != "ddp":
         torch.set_num_threads(args.threads)
-    graph = make_synthetic(num_nodes=args.nodes, avg_degree=args.avg_degree, num_features=args.features,
-                           num_classes=args.classes, seed=args.seed)
-    model = ModelSpec(kind=args.model, num_layers=args.layers, hidden=args.hidden, heads=args.heads)
-    params = init_params(model, graph.num_features, graph.num_classes, seed=args.seed)
-    train = TrainSpec(epochs=args.epochs, warmup_epochs=1, seed=args.seed, device="cpu", progress=False)
     options = {"world_size": args.world_size, "partition": args.partition,
                "cache_input_aggregation": not args.no_input_cache} if system == "ddp" else {}
-    with PeakMemoryMeter(torch.device("cpu")) as meter:
-        result = get_train_fn(system)(graph, model, params, train, options)
-    run = {"system": system, "num_nodes": graph.num_nodes, "num_edges": graph.num_edges,
-           "median_epoch_s": result.median_epoch_s, "epoch_times_s": result.epoch_times_s,
-           "epoch_losses": result.epoch_losses, "accuracy": result.accuracy, "timings_s": result.timings_s,
+    measured, result = common.train_measured(args, args.model, get_train_fn(system), options)
+    run = {"system": system, "num_nodes": measured["num_nodes"], "num_edges": measured["num_edges"],
+           "median_epoch_s": measured["median_epoch_s"], "epoch_times_s": measured["epoch_times_s"],
+           "epoch_losses": measured["epoch_losses"], "accuracy": result.accuracy, "timings_s": result.timings_s,
            # the system's own measure (DDP: the largest rank), else this process's peak
-           "host_peak_bytes": result.peak_bytes.get("host") or meter.peak_bytes["host"],
-           "process_host_peak_bytes": meter.peak_bytes["host"],
-           "io_bytes": result.io_bytes, "torch_threads": torch.get_num_threads()}
+           "host_peak_bytes": result.peak_bytes.get("host") or measured["host_peak_bytes"],
+           "process_host_peak_bytes": measured["host_peak_bytes"],
+           "io_bytes": result.io_bytes, "torch_threads": measured["torch_threads"]}
     if system == "ddp":
         timed = slice(result.warmup_epochs, None)
         run["ranks"] = [{
@@ -106,18 +83,11 @@ def run_one(args: argparse.Namespace, system: str) -> dict:
     return run
 
 
-def run_in_subprocess(argv: list[str], system: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, *argv, "--worker", system], capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"system": system, "error": done.stderr.strip().splitlines()[-1:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(run_one(args, args.worker)))
+        print(json.dumps(run_one(args, json.loads(args.worker))))
         return
     systems = args.systems.split(",")
     load_start = os.getloadavg()[0]
@@ -129,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for system in systems:
         start = time.perf_counter()
-        run = run_in_subprocess(argv, system)
+        run = common.run_worker(__file__, argv, {"system": system})
         runs.append(run)
         if "error" in run:
             print(f"{system:8s} FAILED: {run['error']}", flush=True)
@@ -157,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         summary["ddp_net_send_bytes"] = ok["ddp"]["io_bytes"]["net_send"]
     print(f"summary: {summary}")
     summary["load_average_1min"] = {"start": load_start, "end": os.getloadavg()[0]}  # other work shares the cores
-    print(json.dumps({"bench": "ddp_vs_single", "args": {k: v for k, v in vars(args).items() if k != "worker"},
+    print(json.dumps({"bench": "ddp_vs_single", "args": common.recorded_args(args),
                       "summary": summary, "runs": runs}, separators=(",", ":")))
 
 

@@ -24,9 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` puts only bench/ on sys.path
+from bench import common  # noqa: E402
 
 MODELS = ("gcn", "sage", "gat")
 OFFLOAD = ("flexgnn_greedy", "all_host", "all_disk")
@@ -34,38 +37,13 @@ OFFLOAD = ("flexgnn_greedy", "all_host", "all_disk")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--nodes", type=int, default=50_000)
-    parser.add_argument("--avg-degree", type=float, default=20.0)
-    parser.add_argument("--features", type=int, default=128)
-    parser.add_argument("--classes", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=3, help="including one warm-up epoch")
+    common.add_graph_model_args(parser, epochs=3)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--offload", default=",".join(OFFLOAD), help="policies run under the budget ('' = none)")
     parser.add_argument("--budget-fraction", type=float, default=8.0)
     parser.add_argument("--chunks", default="4,8,16,32,64,128,256", help="P candidates under the budget")
     parser.add_argument("--reorder", default="metis", help="reordering for the budgeted runs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.epochs < 2:
-        parser.error("--epochs must be >= 2 (one warm-up epoch is excluded from the median)")
-    return args
-
-
-def _graph(args):
-    from flexgnn_core.data.synthetic import make_synthetic
-
-    return make_synthetic(num_nodes=args.nodes, avg_degree=args.avg_degree, num_features=args.features,
-                          num_classes=args.classes, seed=args.seed)
-
-
-def _model(args, kind: str):
-    from flexgnn_core.spec import ModelSpec
-
-    return ModelSpec(kind=kind, num_layers=args.layers, hidden=args.hidden, heads=args.heads)
+    return parser.parse_args(argv)
 
 
 def run_training(args, job: dict) -> dict:
@@ -74,13 +52,9 @@ def run_training(args, job: dict) -> dict:
 
     from baselines import pyg_fullgraph
     from flexgnn_core import engine
-    from flexgnn_core.models import init_params
-    from flexgnn_core.spec import TrainSpec
     from flexgnn_core.tiers import TierStore
 
-    graph, model = _graph(args), _model(args, job["model"])
-    params = init_params(model, graph.num_features, graph.num_classes, seed=args.seed)
-    train = TrainSpec(epochs=args.epochs, warmup_epochs=1, seed=args.seed, device="auto", progress=False)
+    graph, model, params, train = common.setup_run(args, job["model"], device="auto")
     options = dict(job.get("options", {}))
     if job["system"] == "pyg":
         result = pyg_fullgraph.train(graph, model, params, train, {"path": "csr"})
@@ -120,7 +94,7 @@ def run_aggregation(args) -> dict:
     from flexgnn_core.chunks import build_chunks
     from flexgnn_core.norm import gcn_norm_csr
 
-    graph = _graph(args)
+    graph = common.make_graph(args)
     big = torch.empty(64 * 2**20, dtype=torch.float32)  # 256 MiB
     copy_s = _median_time(lambda: big.clone())
     bandwidth = 2 * big.numel() * 4 / copy_s  # read + write
@@ -138,14 +112,6 @@ def run_aggregation(args) -> dict:
             "chunked_fraction_of_bandwidth": traffic / chunked_s / bandwidth, "threads": torch.get_num_threads()}
 
 
-def in_subprocess(argv: list[str], job: dict) -> dict:
-    done = subprocess.run([sys.executable, __file__, *argv, "--worker", json.dumps(job)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        return {**job, "error": done.stderr.strip().splitlines()[-3:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -155,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"graph: synthetic {args.nodes} nodes, avg degree {args.avg_degree}, {args.features} features; "
           f"{args.layers} layers, hidden {args.hidden}; epochs {args.epochs} (1 warm-up)", flush=True)
-    runs = [in_subprocess(argv, {"label": "aggregation"})]
+    runs = [common.run_worker(__file__, argv, {"label": "aggregation"})]
     agg = runs[0]
     if "error" not in agg:
         print(f"aggregation: copy bandwidth {agg['copy_bandwidth_Bps'] / 1e9:.1f} GB/s; SpMM whole "
@@ -163,9 +129,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{agg['spmm_chunked8_s']:.3f} s = {agg['chunked_fraction_of_bandwidth']:.1%}", flush=True)
     summary = {}
     for kind in args.models.split(","):
-        pyg = in_subprocess(argv, {"label": "pyg", "model": kind, "system": "pyg"})
-        own = in_subprocess(argv, {"label": "all_device", "model": kind, "system": "flexgnn",
-                                   "options": {"policy": "all_device", "num_chunks": 1}})
+        pyg = common.run_worker(__file__, argv, {"label": "pyg", "model": kind, "system": "pyg"})
+        own = common.run_worker(__file__, argv, {"label": "all_device", "model": kind, "system": "flexgnn",
+                                                  "options": {"policy": "all_device", "num_chunks": 1}})
         runs += [pyg, own]
         row = {"pyg_s": pyg.get("median_epoch_s"), "all_device_s": own.get("median_epoch_s")}
         if row["pyg_s"] and row["all_device_s"]:
@@ -181,16 +147,16 @@ def main(argv: list[str] | None = None) -> None:
             job = {"label": f"{policy}@1/{args.budget_fraction:g}", "model": kind, "system": "flexgnn",
                    "options": {"policy": policy, "reorder": args.reorder, "device_budget_bytes": budget},
                    "chunk_candidates": [int(c) for c in args.chunks.split(",")]}
-            run = in_subprocess(argv, job)
+            run = common.run_worker(__file__, argv, job)
             runs.append(run)
             if "error" in run:
                 print(f"  {policy}: failed {run['error']}", flush=True)
                 continue
             if "all_device_same_p_s" not in row:  # separates the cost of offload from that of chunking
-                same = in_subprocess(argv, {"label": f"all_device@P={run['options']['num_chunks']}", "model": kind,
-                                            "system": "flexgnn", "options": {
-                                                "policy": "all_device", "reorder": args.reorder,
-                                                "num_chunks": run["options"]["num_chunks"]}})
+                num_chunks = run["options"]["num_chunks"]
+                same = common.run_worker(__file__, argv, {
+                    "label": f"all_device@P={num_chunks}", "model": kind, "system": "flexgnn",
+                    "options": {"policy": "all_device", "reorder": args.reorder, "num_chunks": num_chunks}})
                 runs.append(same)
                 row["all_device_same_p_s"] = same.get("median_epoch_s")
                 print(f"  all_device at P={run['options']['num_chunks']} ({args.reorder}): "
@@ -206,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{run['extra']['prefetch_hidden_s']:.2f} s of {run['extra']['prefetch_fetch_s']:.2f} s",
                   flush=True)
         summary[kind] = row
-    print(json.dumps({"bench": "flexgnn_vs_pyg", "args": {k: v for k, v in vars(args).items() if k != "worker"},
+    print(json.dumps({"bench": "flexgnn_vs_pyg", "args": common.recorded_args(args),
                       "summary": summary, "runs": runs}, separators=(",", ":")))
 
 
