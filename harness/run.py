@@ -9,6 +9,7 @@ directory, and re-raises (a non-zero exit). Earlier records and runs are never t
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -66,6 +67,11 @@ def _train(settings: Settings, train_fn: Any) -> tuple[dict[str, Any], dict[str,
     return stats, result.to_json()
 
 
+def _secondary_rank(settings: Settings) -> bool:
+    """A torchrun rank other than 0 of a system that joins torchrun's world (``system.launch=env``)."""
+    return settings.system_options.get("launch") == "env" and int(os.environ.get("RANK", "0")) != 0
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the job described by ``cfg`` (a composed ``conf/config.yaml``); return its record."""
     started = records.utc_now()
@@ -91,6 +97,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         records.write_json(job["output_dir"] / "record.json", skipped, overwrite=True)
         log.warning("skipped: %s", error)
         return skipped
+    if _secondary_rank(settings):  # under torchrun every rank runs the harness: rank 0 alone records
+        graph_stats, result = _train(settings, train_fn)
+        return records.build_record(graph_stats=graph_stats, result=result, status="ok", config=config,
+                                    settings=settings, started=started, overrides=job.get("overrides"),
+                                    tracking=None, git=git)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     runs_dir = Path(cfg.runs_dir)
     name = f"{settings.system_name}-{settings.model.kind}-{settings.dataset_name}"

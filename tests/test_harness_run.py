@@ -106,3 +106,21 @@ def test_records_hold_no_inf_or_nan():
     assert json.loads(dumps(record)) == record
     with pytest.raises(ValueError):
         dumps({"x": math.nan})
+
+
+def test_under_torchrun_only_rank_zero_records(harness_dirs, mlflow_client):
+    """``torchrun -m harness system=ddp system.launch=env``: every rank trains, one record and one MLflow run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "harness", "system=ddp",
+                           "system.launch=env", "+debug=fast"], cwd=Path(__file__).resolve().parents[1],
+                          env=harness_dirs.env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == 2 and records[0]["result"]["epoch_losses"] == records[1]["result"]["epoch_losses"]
+    assert len(list((harness_dirs.runs_dir / "records").glob("*.json"))) == 1
+    experiment = mlflow_client.get_experiment_by_name("flexgnn-bench")
+    assert len(mlflow_client.search_runs([experiment.experiment_id])) == 1
