@@ -10,7 +10,10 @@
   a contiguous copy into host memory (pinned on CUDA); on CPU both are copies between two CPU buffers;
 - disk: writing a temporary file with fsync, then reading it back (through the page cache, as the engine's
   memory-mapped disk tier does);
-- per chunk step overhead: the time of one tiny chunk step (a small sparse product, a gather and a matmul).
+- per chunk step overhead: the time of one tiny chunk step (a small sparse product, a gather and a matmul);
+- engine probe (``_engine_probe``): small engine runs correct what microbenchmarks miss: the aggregation and the
+  other compute rates (two all-device GCN runs of different density), the prefetch overlap on CPU (hidden over
+  fetch time of an all-host run), the host links, and GAT's attention rate per edge and head.
 
 ``load_or_measure()`` caches the result as JSON under ``$FLEXGNN_CACHE_DIR`` (default ``~/.cache/flexgnn-bench``),
 in a file named by a fingerprint of the machine (CPU model, cores, torch threads, torch version, device); ``force=True``
@@ -29,13 +32,18 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from flexgnn_core.cost import Hardware
 
+if TYPE_CHECKING:
+    from flexgnn_core.plan import Plan, Problem
+    from flexgnn_core.spec import Graph, ModelSpec, TrainSpec
+
 CACHE_ENV = "FLEXGNN_CACHE_DIR"
-SCHEMA = 2
+SCHEMA = 3  # 3: exact link bytes; overlap (CPU), aggregation apart and GAT attention fitted by the probe
 
 # Datasheet values (vendor specification sheets; REFERENCE.md section 4), not measurements. Aggregation on a GPU
 # is modelled at its memory roofline: one 4-byte read per edge and feature, so rate = memory bandwidth / 4.
@@ -161,49 +169,105 @@ def _step_overhead(device: torch.device) -> float:
     return _time(lambda: [step() for _ in range(20)], device) / 20
 
 
-def _engine_probe(hw: Hardware, device: torch.device, nodes: int) -> tuple[Hardware, dict]:
-    """Microbenchmarks miss the engine's own overheads (sparse block setup, gathers, accounting). Train a small
-    synthetic graph with the engine twice, all on the device and all on the host, and fold the measured/predicted
-    ratios into the rates: compute rates first (from the all-device run), then the host links."""
-    from dataclasses import replace
-
-    from flexgnn_core import cost, engine
-    from flexgnn_core.chunks import relabel_csr, reorder
-    from flexgnn_core.data.synthetic import make_synthetic
+def _probe_run(graph: Graph, model: ModelSpec, spec: TrainSpec, hw: Hardware,
+               policy: str) -> tuple[float, Plan, Problem, dict]:
+    """Train ``model`` on a synthetic ``graph`` (ids already in order) with the engine at P=4: the median epoch,
+    the plan, the engine's ``Problem`` rebuilt from the graph, and the run's extra counters."""
+    from flexgnn_core import engine
     from flexgnn_core.models import init_params
     from flexgnn_core.plan import Plan, Problem
     from flexgnn_core.solvers import chunk_stats, using_hardware
+
+    params = init_params(model, graph.num_features, graph.num_classes, seed=0)
+    with using_hardware(hw):  # an engine that predicts must not calibrate again from inside calibration
+        result = engine.train(graph, model, params, spec, {"policy": policy, "num_chunks": 4, "print_plan": False})
+    rowptr, col, _ = engine.model_graph(graph.rowptr, graph.col, model.kind)
+    problem = Problem(kind=model.kind, dims=tuple(model.dims(graph.num_features, graph.num_classes)),
+                      heads=model.heads, num_nodes=graph.num_nodes, num_edges=int(col.numel()), num_chunks=4,
+                      **chunk_stats(rowptr, col, model.kind, [4])[4],
+                      param_bytes=sum(p.numel() * 4 for p in params.values()))
+    measured = statistics.median(result.epoch_times_s[result.warmup_epochs:])
+    return measured, Plan.from_json(result.plan), problem, result.extra
+
+
+def _fit_compute(hw: Hardware, runs: list[tuple[float, Plan, Problem, dict]]) -> tuple[float, float]:
+    """Scales (aggregation, everything else) so that two all-device runs of different density are predicted as
+    measured: ``measured = a * predicted aggregation + b * predicted rest``. Falls back to one common scale when
+    the two runs cannot tell the parts apart (or the fit is not positive)."""
+    from dataclasses import replace
+
+    from flexgnn_core import cost
+
+    parts = []
+    for measured, plan, problem, _ in runs:
+        total = cost.predict(plan, problem, hw).compute_s
+        faster = cost.predict(plan, problem, replace(hw, agg_edge_width_per_s=2 * hw.agg_edge_width_per_s)).compute_s
+        parts.append((measured, 2 * (total - faster), total - 2 * (total - faster)))
+    (m1, a1, r1), (m2, a2, r2) = parts
+    det = a1 * r2 - a2 * r1
+    if abs(det) > 1e-3 * (a1 * r2 + a2 * r1):
+        agg_scale, rest_scale = (m1 * r2 - m2 * r1) / det, (a1 * m2 - a2 * m1) / det
+        if agg_scale > 0 and rest_scale > 0:
+            return min(max(agg_scale, 0.05), 50.0), min(max(rest_scale, 0.05), 50.0)
+    common = (m1 + m2) / (a1 + r1 + a2 + r2)
+    return common, common
+
+
+def _engine_probe(hw: Hardware, device: torch.device, nodes: int) -> tuple[Hardware, dict]:
+    """Microbenchmarks miss the engine's own overheads (sparse block setup, gathers, accounting). Train small
+    synthetic graphs with the engine and fold the measured/predicted ratios into the rates: the compute rates
+    from two all-device runs of different density (aggregation apart from the rest); then, on CPU, the overlap as
+    the share of an all-host run's fetch time that prefetching hid; then the host links, so that the all-host run
+    is predicted as measured with that overlap; then GAT's attention rate (``_fit_attention``)."""
+    from dataclasses import replace
+
+    from flexgnn_core import cost
+    from flexgnn_core.data.synthetic import make_synthetic
     from flexgnn_core.spec import ModelSpec, TrainSpec
 
-    graph = make_synthetic(num_nodes=nodes, avg_degree=10, num_features=64, num_classes=8, seed=0)
-    model = ModelSpec(kind="gcn", num_layers=2, hidden=64)
-    params = init_params(model, graph.num_features, graph.num_classes, seed=0)
+    graphs = {degree: make_synthetic(num_nodes=nodes, avg_degree=degree, num_features=64, num_classes=8, seed=0)
+              for degree in (10, 30)}
+    model = ModelSpec(kind="gcn", num_layers=3, hidden=64)  # a middle layer aggregates wide rows, the last narrow
     spec = TrainSpec(epochs=4, warmup_epochs=1, seed=0, device=str(device), progress=False)
-    runs = {}
-    for policy in ("all_device", "all_host"):
-        with using_hardware(hw):  # an engine that predicts must not calibrate again from inside calibration
-            result = engine.train(graph, model, params, spec, {"policy": policy, "num_chunks": 4,
-                                                               "print_plan": False})
-        runs[policy] = (statistics.median(result.epoch_times_s[result.warmup_epochs:]), result.plan)
-    rowptr, col = relabel_csr(graph.rowptr, graph.col, reorder(graph.rowptr, graph.col, "none", 1))
-    rowptr, col, _ = engine.model_graph(rowptr, col, "gcn")
-    problem = Problem(kind="gcn", dims=tuple(model.dims(graph.num_features, graph.num_classes)), heads=1,
-                      num_nodes=graph.num_nodes, num_edges=int(col.numel()), num_chunks=4,
-                      **chunk_stats(rowptr, col, "gcn", [4])[4],
-                      param_bytes=sum(p.numel() * 4 for p in params.values()))
-    device_s, device_plan = runs["all_device"]
-    host_s, host_plan = runs["all_host"]
-    compute_scale = device_s / cost.predict(Plan.from_json(device_plan), problem, hw).compute_s
-    hw = replace(hw, agg_edge_width_per_s=hw.agg_edge_width_per_s / compute_scale,
-                 matmul_flop_per_s=hw.matmul_flop_per_s / compute_scale,
-                 memory_bytes_per_s=hw.memory_bytes_per_s / compute_scale,
-                 step_overhead_s=hw.step_overhead_s * compute_scale)
-    host = cost.predict(Plan.from_json(host_plan), problem, hw)
+    sparse, dense = (_probe_run(graphs[degree], model, spec, hw, "all_device") for degree in (10, 30))
+    host_s, host_plan, problem, host_extra = _probe_run(graphs[10], model, spec, hw, "all_host")
+    agg_scale, rest_scale = _fit_compute(hw, [sparse, dense])
+    hw = replace(hw, agg_edge_width_per_s=hw.agg_edge_width_per_s / agg_scale,
+                 matmul_flop_per_s=hw.matmul_flop_per_s / rest_scale,
+                 memory_bytes_per_s=hw.memory_bytes_per_s / rest_scale,
+                 step_overhead_s=hw.step_overhead_s * rest_scale)
+    overlap = hw.overlap
+    if device.type != "cuda" and host_extra["prefetch_fetch_s"] > 0:  # GPU profiles keep theirs (copy engines)
+        # The share of fetch time the engine's background prefetch hid under compute in the all-host run.
+        overlap = min(max(host_extra["prefetch_hidden_s"] / host_extra["prefetch_fetch_s"], 0.0), 1.0)
+    host = cost.predict(host_plan, problem, replace(hw, overlap=0.0))
     transfer = sum(dict(host.transfer_s).values())
-    link_scale = min(max((host_s - host.compute_s) / transfer, 0.25), 20.0)  # clipped: noise must not run away
-    hw = replace(hw, h2d_bytes_per_s=hw.h2d_bytes_per_s / link_scale, d2h_bytes_per_s=hw.d2h_bytes_per_s / link_scale)
-    return hw, {"compute_scale": compute_scale, "link_scale": link_scale, "all_device_s": device_s,
-                "all_host_s": host_s}
+    # Solve measured = compute + scale * transfer - overlap * compute for the link scale, so that the all-host
+    # run is predicted as measured with the calibrated overlap; clipped: noise must not run away.
+    link_scale = min(max((host_s - (1 - overlap) * host.compute_s) / transfer, 0.25), 20.0)
+    hw = replace(hw, h2d_bytes_per_s=hw.h2d_bytes_per_s / link_scale, d2h_bytes_per_s=hw.d2h_bytes_per_s / link_scale,
+                 overlap=overlap)
+    gat_s, gat_plan, gat_problem, _ = _probe_run(graphs[10], ModelSpec(kind="gat", num_layers=2, hidden=64,
+                                                                       heads=4), spec, hw, "all_device")
+    hw = _fit_attention(hw, gat_s, gat_plan, gat_problem)
+    return hw, {"agg_scale": agg_scale, "rest_scale": rest_scale, "link_scale": link_scale, "overlap": overlap,
+                "all_device_s": sparse[0], "all_device_dense_s": dense[0], "all_host_s": host_s,
+                "gat_all_device_s": gat_s, "gat_edge_head_per_s": hw.gat_edge_head_per_s}
+
+
+def _fit_attention(hw: Hardware, measured: float, plan: Plan, problem: Problem) -> Hardware:
+    """GAT's attention (per edge and head scores, softmax and weighting, forward and backward) costs far more
+    than an aggregation of the same width: from a small GAT trained all on the device, give the time the rest of
+    the model does not explain to the attention terms, as a rate per edge, head and pass."""
+    from dataclasses import replace
+
+    from flexgnn_core import cost
+
+    predicted = cost.predict(plan, problem, hw).compute_s
+    passes = 2 * problem.num_layers  # all on the device: one attention pass forward, one backward, per layer
+    attention = passes * cost.attention_s(hw, problem.num_edges, problem.heads)
+    attention_measured = max(measured - (predicted - attention), 0.25 * attention)  # clipped: noise
+    return replace(hw, gat_edge_head_per_s=passes * problem.num_edges * problem.heads / attention_measured)
 
 
 def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = True) -> Hardware:

@@ -6,12 +6,14 @@ transfer time prefetching can hide under compute). ``predict(plan, problem, hw)`
 
 - compute: per layer a base term fixed by its order, plus per recomputable intermediate the cost of storing it
   (computing it once) or of recomputing it (``item_compute_s``); plus ``step_overhead_s`` per chunk step;
-- transfers: ``simulate()``'s bytes per link divided by that link's bandwidth (links summed: conservative);
+- transfers: ``simulate()``'s bytes per link (exactly the engine's) divided by that link's bandwidth (links
+  summed: conservative);
 - overlap: ``epoch = max(compute, compute + transfer - overlap * compute)``: prefetching hides at most
   ``overlap`` of the compute time's worth of transfers.
 
-Every term is a sum of per-layer and per-intermediate costs, which is what lets ``solvers.optimal`` solve the
-placement exactly as a mixed-integer program over the same numbers (``item_compute_s``, ``item_link_bytes``).
+Every term is a sum of per-layer, per-intermediate and per-pair-of-intermediates costs, which is what lets
+``solvers.optimal`` solve the placement exactly as a mixed-integer program over the same numbers
+(``item_compute_s``, ``item_link_bytes``, ``pair_link_bytes``; a pair is one product variable).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from flexgnn_core.plan import FLOAT, Plan, Problem, intermediates, simulate, transform_width
+from flexgnn_core.plan import FLOAT, Plan, Problem, intermediates, link_terms, simulate, transform_width
 
 LINKS = ("h2d", "d2h", "disk_read", "disk_write")
 RATE_FIELDS = ("agg_edge_width_per_s", "matmul_flop_per_s", "memory_bytes_per_s", "h2d_bytes_per_s",
@@ -41,14 +43,18 @@ class Hardware:
     step_overhead_s: float = 0.0  # fixed cost of one chunk step (dispatch, launches)
     overlap: float = 0.0  # fraction of compute time under which prefetched transfers hide, in [0, 1]
     source: str = "measured"
+    gat_edge_head_per_s: float = 0.0  # GAT attention (scores, softmax, weighting) per edge and head; 0: agg rate / 4
 
     def __post_init__(self) -> None:
-        for name in RATE_FIELDS + ("step_overhead_s", "overlap"):
+        for name in RATE_FIELDS + ("step_overhead_s", "overlap", "gat_edge_head_per_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"hardware.{name}={value!r} must be a finite number")
             if name in RATE_FIELDS and value <= 0:
                 raise ValueError(f"hardware.{name}={value!r} must be > 0 (a rate per second)")
+        if self.gat_edge_head_per_s < 0:
+            raise ValueError(f"hardware.gat_edge_head_per_s={self.gat_edge_head_per_s!r} must be >= 0 per second "
+                             "(0: derived from agg_edge_width_per_s)")
         if self.step_overhead_s < 0:
             raise ValueError(f"hardware.step_overhead_s={self.step_overhead_s!r} must be >= 0 seconds")
         if not 0 <= self.overlap <= 1:
@@ -91,6 +97,11 @@ def agg_s(hw: Hardware, edges: int, width: int) -> float:
     return edges * width / hw.agg_edge_width_per_s
 
 
+def attention_s(hw: Hardware, edges: int, heads: int) -> float:
+    """One pass of GAT's per-edge attention work (scores, softmax, weighting) over ``edges`` x ``heads``."""
+    return edges * heads / (hw.gat_edge_head_per_s or hw.agg_edge_width_per_s / 4)
+
+
 def mm_s(hw: Hardware, rows: int, inner: int, cols: int) -> float:
     return 2 * rows * inner * cols / hw.matmul_flop_per_s
 
@@ -111,9 +122,9 @@ def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> floa
         forward = agg_s(hw, e, t)
         backward = agg_s(hw, e, t) + (1 + (not first)) * mm_s(hw, n, t, d)
         steps = 3 * chunks
-        if problem.kind == "gat":  # scores and softmax per edge and head forward; gat_backward ~ 3 aggregations
-            forward += agg_s(hw, e, 4 * problem.heads)
-            backward += 2 * agg_s(hw, e, t) + agg_s(hw, e, 4 * problem.heads)
+        if problem.kind == "gat":  # attention per edge and head forward and backward; gat_backward ~ 3 aggregations
+            forward += attention_s(hw, e, problem.heads)
+            backward += 2 * agg_s(hw, e, t) + attention_s(hw, e, problem.heads)
     return forward + backward + sage + elementwise + steps * hw.step_overhead_s
 
 
@@ -126,7 +137,7 @@ def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) 
             return agg_s(hw, e, d) * (2 if layer == 0 else 1)
         return 0.0
     if name.startswith("att"):  # recompute: the softmax again in backward
-        return agg_s(hw, e, 4 * problem.heads) if recomputed else 0.0
+        return attention_s(hw, e, problem.heads) if recomputed else 0.0
     t = transform_width(problem, layer)  # t{layer}: stored = one whole transform pass (P more steps)
     if recomputed:  # transform only the halo rows inside each aggregation step (twice for GAT: fwd and bwd)
         return mm_s(hw, problem.sum_halo_rows, d, t) * (2 if problem.kind == "gat" else 1)
@@ -143,19 +154,24 @@ def compute_s(plan: Plan, problem: Problem, hw: Hardware) -> float:
 
 
 # ---- transfers -------------------------------------------------------------------------------------------------
-def item_link_bytes(problem: Problem, name: str, nbytes: int, where: str) -> dict[str, int]:
-    """Bytes per link per epoch of one intermediate on tier ``where`` (the same rule as ``plan.simulate``)."""
+def item_link_bytes(problem: Problem, name: str, where: str) -> dict[str, int]:
+    """Bytes per link per epoch that intermediate ``name`` on ``where`` moves whatever else is placed where
+    (``plan.link_terms`` with one condition)."""
     links = dict.fromkeys(LINKS, 0)
-    if where in ("device", "recompute"):
-        return links
-    expand = problem.sum_halo_rows / max(problem.num_nodes, 1)
-    gathered = name.startswith(("h", "t", "agg", "grad"))
-    reads = int(nbytes * ((1 + expand) if gathered else 2))
-    writes = 0 if name in ("graph", "h0", "agg0") else nbytes
-    links["h2d"], links["d2h"] = reads, writes
-    if where == "disk":
-        links["disk_read"], links["disk_write"] = reads, writes
+    for term in link_terms(problem):
+        if len(term.when) == 1 and term.when[0][0] == name and where in term.when[0][1]:
+            for link, nbytes in term.links:
+                links[link] += nbytes
     return links
+
+
+Condition = tuple[str, frozenset]  # (intermediate, the placements under which a term applies)
+
+
+def pair_link_bytes(problem: Problem) -> list[tuple[Condition, Condition, dict[str, int]]]:
+    """Bytes per link per epoch that depend on two placements at once (``plan.link_terms`` with two conditions:
+    a layer input off the device read more or less as its aggregate or transform is recomputed or stored)."""
+    return [(term.when[0], term.when[1], dict(term.links)) for term in link_terms(problem) if len(term.when) == 2]
 
 
 def transfer_s(link_bytes: dict[str, int], hw: Hardware) -> dict[str, float]:

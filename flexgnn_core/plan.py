@@ -14,6 +14,7 @@ A cost model and an ``optimal`` solver plug in by adding an entry to ``SOLVERS``
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -184,32 +185,102 @@ def check_placement(placement: dict[str, str], problem: Problem, orders: tuple[s
         raise ValueError(f"plan has no placement for {', '.join(missing)}; give each one of {', '.join(PLACEMENTS)}")
 
 
+@dataclass(frozen=True)
+class LinkTerm:
+    """Bytes per link per epoch that move when every condition ``(intermediate, placements)`` in ``when`` holds
+    (one condition: the intermediate's own traffic; two: traffic that depends on a neighbour's placement too)."""
+
+    when: tuple[tuple[str, frozenset[str]], ...]
+    links: tuple[tuple[str, int], ...]
+
+    def applies(self, placement: dict[str, str]) -> bool:
+        return all(placement.get(name) in allowed for name, allowed in self.when)
+
+
+def _moves(tier: str, read: int = 0, write: int = 0, add: int = 0, zero: int = 0) -> tuple[tuple[str, int], ...]:
+    """Bytes per link of reads, writes, read-modify-write adds and zeroings of an off-device buffer (as
+    ``tiers.Buffer`` counts them: a host add is one d2h copy, a disk add also reads and writes the file)."""
+    disk = tier == "disk"
+    links = {"h2d": read, "d2h": write + add, "disk_read": (read + add) * disk,
+             "disk_write": (write + add + zero) * disk}
+    return tuple((link, FLOAT * rows) for link, rows in links.items())
+
+
+@functools.lru_cache(maxsize=256)  # solvers ask once per intermediate and placement; the problem is a frozen value
+def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
+    """Every off-device transfer of one steady-state training epoch (layer 0's stored aggregate reused), in rows
+    x width units turned into bytes, mirroring ``engine.Engine`` read by read (``H`` = sum of chunk halo sizes):
+
+    - ``graph`` on the host: every chunk block is copied once per conv step, forward and backward, per layer;
+    - ``h{l}``: written by layer l-1 and read back for its activation gradient; SAGE reads its rows forward and
+      backward (root weight); aggregate-first gathers the halo forward (not layer 0, whose aggregate is reused when
+      stored) and again backward when the aggregate is recomputed; transform-first reads rows in the transform
+      pass (only when ``t`` is stored) and in its backward, and gathers the halo per step when ``t`` is recomputed
+      (twice for GAT: forward and backward);
+    - ``agg{l}``: written forward and read backward (layer 0: read forward and backward, written only once);
+    - ``t{l}``: written by the transform pass, its halo gathered forward (and backward for GAT);
+    - ``grad_t{l}``: zeroed, scatter-added per halo, read back by rows; ``att{l}``: written forward, read backward;
+    - ``grad_h{l}``: zeroed, added by layer l's backward (halo scatter when aggregate-first, rows when transform-
+      first, rows again for SAGE's root weight), read by layer l-1; ``grad_h{L}`` written by the loss, read once.
+    """
+    n, halo, edges, L = problem.num_nodes, problem.sum_halo_rows, problem.num_edges, problem.num_layers
+    gat, sage = problem.kind == "gat", problem.kind == "sage"
+    stored, every, off = frozenset(TIERS), frozenset(PLACEMENTS), ("host", "disk")
+    recomputed = frozenset({"recompute"})
+    blocks = (("h2d", 2 * L * problem.graph_bytes), ("d2h", 0), ("disk_read", 0), ("disk_write", 0))
+    terms = [LinkTerm((("graph", frozenset({"host"})),), blocks)]
+
+    def term(tier: str, name: str, other: tuple[str, frozenset[str]] | None = None, **rows: int) -> None:
+        terms.append(LinkTerm(((name, frozenset({tier})),) + ((other,) if other else ()), _moves(tier, **rows)))
+
+    for layer in range(L):
+        d, tw = problem.dims[layer], transform_width(problem, layer)
+        h, agg, t = f"h{layer}", f"agg{layer}", f"t{layer}"
+        for tier in off:
+            term(tier, h, read=2 * n * d * sage + n * d * (layer > 0), write=n * d * (layer > 0))
+            if not gat:  # aggregate-first layers
+                term(tier, h, (agg, stored), read=halo * d * (layer > 0))
+                term(tier, h, (agg, recomputed), read=2 * halo * d)
+                if layer == 0:
+                    term(tier, agg, read=2 * n * d)
+                else:
+                    term(tier, agg, read=n * d, write=n * d)
+            term(tier, h, (t, stored), read=2 * n * d)
+            term(tier, h, (t, recomputed), read=n * d + halo * d * (2 if gat else 1))
+            term(tier, t, write=n * tw, read=halo * tw * (2 if gat else 1))
+            term(tier, f"grad_t{layer}", zero=n * tw, add=halo * tw, read=n * tw)
+            if gat:
+                term(tier, f"att{layer}", write=edges * problem.heads, read=edges * problem.heads)
+            if layer > 0:
+                grad = f"grad_h{layer}"
+                term(tier, grad, zero=n * d, read=n * d, add=n * d * sage)
+                if not gat:
+                    term(tier, grad, (agg, every), add=halo * d)
+                term(tier, grad, (t, every), add=n * d)
+    for tier in off:
+        term(tier, f"grad_h{L}", write=n * problem.dims[L], read=n * problem.dims[L])
+    return tuple(terms)
+
+
 def simulate(plan: Plan, problem: Problem) -> dict[str, dict[str, int]]:
     """Replay a plan on the problem's statistics: ``{"peak_bytes": per tier, "link_bytes": per link per epoch}``.
 
     Peaks: fixed device bytes + one chunk's working set + every stored intermediate on its tier (buffers live for
-    the whole run). Links, first order: an off-device intermediate is written once per epoch and read once in
-    forward and once in backward (halo-expanded where it is gathered by neighbours).
+    the whole run). Links: the bytes one steady-state epoch moves, exactly as the engine counts them
+    (``link_terms``; ``tests/test_engine_links.py`` checks them against the engine's counters).
     """
     items = {item.name: item for item in intermediates(problem, plan.orders)}
-    check_placement(dict(plan.placement), problem, plan.orders)
+    placement = dict(plan.placement)
+    check_placement(placement, problem, plan.orders)
     peak = {"device": fixed_device_bytes(problem) + working_set_bytes(problem), "host": 0, "disk": 0}
-    links = {"h2d": 0, "d2h": 0, "disk_read": 0, "disk_write": 0}
-    expand = problem.sum_halo_rows / max(problem.num_nodes, 1)
     for name, where in plan.placement:
-        if where == "recompute":
-            continue
-        peak[where] += items[name].nbytes
-        if where == "device":
-            continue
-        gathered = name.startswith(("h", "t", "agg")) or name.startswith("grad")
-        reads = int(items[name].nbytes * ((1 + expand) if gathered else 2))
-        writes = 0 if name in ("graph", "h0") or (name == "agg0") else items[name].nbytes
-        links["h2d"] += reads
-        links["d2h"] += writes
-        if where == "disk":
-            links["disk_read"] += reads
-            links["disk_write"] += writes
+        if where != "recompute":
+            peak[where] += items[name].nbytes
+    links = {"h2d": 0, "d2h": 0, "disk_read": 0, "disk_write": 0}
+    for term in link_terms(problem):
+        if term.applies(placement):
+            for link, nbytes in term.links:
+                links[link] += nbytes
     return {"peak_bytes": peak, "link_bytes": links}
 
 

@@ -7,11 +7,15 @@ and, when asked, the chunk count P from a candidate set. For each P it solves on
     binary x[i, p] (intermediate i on placement p), binary o[l] (layer l transforms first), continuous tau
     sum_p x[i, p] = 1, or = 1 - o[l] for agg{l}, or = o[l] for t{l} and grad_t{l}
     sum_i bytes_i x[i, device] <= device budget - fixed bytes - working set;  likewise host
-    C = sum_l base_l(order) + sum compute[i, p] x[i, p];  T = sum transfer[i, p] x[i, p]
+    C = sum_l base_l(order) + sum compute[i, p] x[i, p]
+    T = sum transfer[i, p] x[i, p] + sum transfer[a, b] y[a, b]
     tau >= C,  tau >= C + T - overlap C;  minimise tau
 
 which is ``predict`` term for term (``cost.item_compute_s``, ``cost.item_link_bytes``), so the plan's prediction
-is the MILP optimum. When no placement fits any P, the best-effort plan (recompute what can be, the rest on disk,
+is the MILP optimum. A transfer that depends on two placements (``cost.pair_link_bytes``: a layer input off the
+device is gathered again when its aggregate or transform is recomputed) is a continuous y[a, b] = x[a] x[b] with
+y >= x[a] + x[b] - 1, y >= 0, exact at the optimum because y only costs (y <= x[a], y <= x[b] cap a saving).
+When no placement fits any P, the best-effort plan (recompute what can be, the rest on disk,
 the graph on the host) comes back with ``feasible=False`` and the missing bytes in ``reason``.
 
 Solvers take only ``problem`` (STYLE #16); ``make_optimal(hw, chunk_stats)`` binds the hardware and, optionally,
@@ -118,10 +122,13 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
     items, pairs = _choices(problem)
     by_name = {item.name: item for item in items}
     layers = problem.num_layers
-    orders_af, orders_tf = ("aggregate_first",) * layers, ("transform_first",) * layers
-    nx, no = len(pairs), layers
-    compute = np.zeros(nx + no + 1)  # coefficients of C; last entry unused (tau)
-    transfer = np.zeros(nx + no + 1)
+    seconds = lambda links: sum(links[link] / hw.link_bytes_per_s(link) for link in cost.LINKS)  # noqa: E731
+    products = [(a, b, seconds(links)) for a, b, links in cost.pair_link_bytes(problem)
+                if a[0] in by_name and b[0] in by_name and seconds(links) != 0]
+    nx, no, ny = len(pairs), layers, len(products)
+    nv = nx + no + ny + 1  # x[i, p], o[l], y (one per product of two placements), tau
+    compute = np.zeros(nv)  # coefficients of C
+    transfer = np.zeros(nv)
     constant = 0.0
     for layer in range(layers):
         af = cost.layer_base_s(problem, hw, layer, "aggregate_first")
@@ -132,15 +139,26 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
         else:
             constant += tf if fixed[layer] == "transform_first" else af
     for k, (name, where) in enumerate(pairs):
-        item = by_name[name]
-        if item.recomputable:
+        if by_name[name].recomputable:
             compute[k] = cost.item_compute_s(problem, hw, name, where == "recompute")
-        links = cost.item_link_bytes(problem, name, item.nbytes, where)
-        transfer[k] = sum(links[link] / hw.link_bytes_per_s(link) for link in cost.LINKS)
-    scale = max(constant, np.abs(compute).max(), np.abs(transfer).max(), 1e-30)
+        transfer[k] = seconds(cost.item_link_bytes(problem, name, where))
     rows, lo, hi = [], [], []
+    for j, (a, b, term_s) in enumerate(products):  # y = [a holds] x [b holds] for binary x (McCormick)
+        transfer[nx + no + j] = term_s
+        sides = []
+        for name, allowed in (a, b):
+            side = np.zeros(nv)
+            side[[k for k, (n, w) in enumerate(pairs) if n == name and w in allowed]] = 1
+            sides.append(side)
+        y = np.zeros(nv)
+        y[nx + no + j] = 1
+        rows.append(y - sides[0] - sides[1]), lo.append(-1.0), hi.append(np.inf)  # y >= [a] + [b] - 1, y >= 0
+        if term_s < 0:  # a saving: minimising would raise y, so cap it too (y <= [a], y <= [b])
+            for side in sides:
+                rows.append(y - side), lo.append(-np.inf), hi.append(0.0)
+    scale = max(constant, np.abs(compute).max(), np.abs(transfer).max(), 1e-30)
     for name in by_name:  # each intermediate placed exactly once, if its layer's order has it
-        row = np.zeros(nx + no + 1)
+        row = np.zeros(nv)
         row[[k for k, (n, _) in enumerate(pairs) if n == name]] = 1
         layer, present = by_name[name].layer, 1.0
         kind = "agg" if name.startswith("agg") else "tf" if name.startswith(("t", "grad_t")) else "any"
@@ -157,22 +175,22 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
         return None
     for tier, capacity in budgets.items():
         if capacity is not None:
-            row = np.zeros(nx + no + 1)
+            row = np.zeros(nv)
             row[[k for k, (n, w) in enumerate(pairs) if w == tier]] = [by_name[n].nbytes for n, w in pairs if w == tier]
             rows.append(row / max(capacity, 1)), lo.append(-np.inf), hi.append(capacity / max(capacity, 1))
-    tau = np.zeros(nx + no + 1)
+    tau = np.zeros(nv)
     tau[-1] = 1
     c_row, t_row = compute / scale, transfer / scale
     rows.append(tau - c_row), lo.append(constant / scale), hi.append(np.inf)  # tau >= C
     rows.append(tau - (1 - hw.overlap) * c_row - t_row)  # tau >= (1 - overlap) C + T
     lo.append((1 - hw.overlap) * constant / scale), hi.append(np.inf)
-    integrality = np.ones(nx + no + 1)
-    integrality[-1] = 0
-    upper = np.ones(nx + no + 1)
+    integrality = np.ones(nv)
+    integrality[nx + no:] = 0  # products and tau are continuous (the McCormick rows make y exact)
+    upper = np.ones(nv)
     upper[-1] = np.inf
     if fixed is not None:
         upper[nx:nx + no] = 0
-    bounds = Bounds(np.zeros(nx + no + 1), upper)
+    bounds = Bounds(np.zeros(nv), upper)
     result = milp(tau, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=integrality,
                   bounds=bounds, options={"mip_rel_gap": 0})
     if result.x is None:

@@ -24,7 +24,8 @@ RATES = dict(name="x", agg_edge_width_per_s=1.0, matmul_flop_per_s=1.0, memory_b
 
 @pytest.mark.parametrize("field,value", [("h2d_bytes_per_s", -1.0), ("disk_read_bytes_per_s", 0),
                                          ("matmul_flop_per_s", "fast"), ("agg_edge_width_per_s", True),
-                                         ("d2h_bytes_per_s", math.inf), ("overlap", 1.5), ("step_overhead_s", -0.1)])
+                                         ("d2h_bytes_per_s", math.inf), ("overlap", 1.5), ("step_overhead_s", -0.1),
+                                         ("gat_edge_head_per_s", -1.0)])
 def test_bad_hardware_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Hardware(**{**RATES, field: value})
@@ -60,6 +61,18 @@ def test_epoch_is_compute_plus_unhidden_transfer(overlap):
     assert prediction.epoch_s + prediction.hidden_s == prediction.compute_s + transfer
 
 
+def test_gat_attention_uses_its_own_rate_per_edge_head_and_pass():
+    """All on the device, each GAT layer runs one attention pass forward and one backward: halving the rate adds
+    exactly 2 x layers x E x heads / rate seconds of compute."""
+    problem = tiny_problem(kind="gat", dims=(4, 4, 2), heads=2)
+    plan = SOLVERS["all_device"](problem)
+    fast, slow = (Hardware(**{**RATES, "gat_edge_head_per_s": rate}) for rate in (2.0, 1.0))
+    extra = cost.predict(plan, problem, slow).compute_s - cost.predict(plan, problem, fast).compute_s
+    assert extra == pytest.approx(2 * 2 * problem.num_edges * problem.heads * (1 / 1.0 - 1 / 2.0))
+    unset = Hardware(**RATES)  # not calibrated: a quarter of the aggregation rate, as before calibration existed
+    assert cost.attention_s(unset, 6, 2) == 6 * 2 / (RATES["agg_edge_width_per_s"] / 4)
+
+
 def test_predict_rejects_mismatched_chunk_count():
     problem = tiny_problem()
     plan = SOLVERS["all_device"](tiny_problem(num_chunks=2))
@@ -85,8 +98,12 @@ def test_item_link_bytes_sum_to_simulate(kind, layers, seed, order):
     plan = custom_plan(problem, placement)
     total = dict.fromkeys(cost.LINKS, 0)
     for item in intermediates(problem, orders):
-        for link, nbytes in cost.item_link_bytes(problem, item.name, item.nbytes, placement[item.name]).items():
+        for link, nbytes in cost.item_link_bytes(problem, item.name, placement[item.name]).items():
             total[link] += nbytes
+    for (a, allowed_a), (b, allowed_b), links in cost.pair_link_bytes(problem):  # the MILP's product variables
+        if placement.get(a) in allowed_a and placement.get(b) in allowed_b:
+            for link, nbytes in links.items():
+                total[link] += nbytes
     assert total == simulate(plan, problem)["link_bytes"]
 
 
@@ -102,8 +119,9 @@ def test_calibration_is_cached_per_machine_and_forced_again(tmp_path, monkeypatc
     monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path))
     measured = calibrate.load_or_measure("cpu", scale=0.25)
     assert measured.source == "measured"
-    for name in cost.RATE_FIELDS:
+    for name in cost.RATE_FIELDS + ("gat_edge_head_per_s",):
         assert 0 < getattr(measured, name) < math.inf
+    assert 0 <= measured.overlap <= 1  # on CPU: the share of fetch time the engine probe's prefetch hid
     path = calibrate.cache_path(calibrate.torch.device("cpu"))
     assert path.parent == tmp_path and path.exists()
     record = json.loads(path.read_text())

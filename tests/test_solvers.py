@@ -142,6 +142,23 @@ def test_optimal_equals_brute_force_on_two_gcn_layers():
 
 
 @pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+def test_optimal_equals_brute_force_with_partial_overlap_and_pair_terms(kind):
+    """CPU calibrations now measure an overlap strictly between 0 and 1, and a layer input's traffic depends on
+    whether its aggregate or transform is recomputed (the MILP's product variables): still exact."""
+    hw = Hardware(**{**CPU_LIKE.__dict__, "overlap": 0.6})
+    rng = random.Random(11)
+    for layers in (1, 2) if kind != "gat" else (1,):
+        problem = random_problem(rng, layers=layers, budget_fraction=0.5)
+        problem = Problem(**{**problem.__dict__, "kind": kind, "heads": 2 if kind == "gat" else 1,
+                             "dims": tuple(2 * d for d in problem.dims), "order_rule": "auto"})
+        plan = solvers.make_optimal(hw)(problem)
+        expected = brute_force(problem, hw)
+        assert plan.feasible == (expected < float("inf"))
+        if plan.feasible:
+            assert predicted(plan, problem, hw) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
 def test_eight_layers_with_chunk_search_solve_in_under_a_second(kind):
     problem = random_problem(random.Random(1), layers=8, budget_fraction=0.25)
     problem = Problem(**{**problem.__dict__, "kind": kind, "heads": 2 if kind == "gat" else 1,
@@ -150,9 +167,11 @@ def test_eight_layers_with_chunk_search_solve_in_under_a_second(kind):
                          "max_chunk_edges": 500_000, "num_chunks": 4, "graph_bytes": 100_000_000,
                          "order_rule": "auto", "host_budget_bytes": None})
     problem = Problem(**{**problem.__dict__, "device_budget_bytes": 2 * 2**30})
-    start = time.perf_counter()
+    # CPU seconds of this process (every solver thread counted): what the solver costs, independent of other
+    # processes sharing the cores, which made the wall clock exceed the bound under a loaded test run.
+    start = time.process_time()
     plan = solvers.make_optimal(GPU_LIKE, solvers.estimate_chunk_stats(problem))(problem)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert plan.feasible and plan.num_chunks in solvers.CHUNK_COUNTS
 
 

@@ -1,0 +1,94 @@
+"""The simulator's bytes per link are the engine's: for every model, offloading policy and chunk count, one
+steady-state training epoch moves exactly ``plan.simulate()``'s ``link_bytes``.
+
+One epoch's traffic is the difference of ``RunResult.io_bytes`` between a 3-epoch and a 2-epoch run (same plan):
+allocation, the first epoch's one-off layer-0 aggregate and the final evaluation cancel. Exact equality, no
+tolerance: both sides count whole fp32 rows and whole chunk blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from flexgnn_core import engine
+from flexgnn_core.models import init_params
+from flexgnn_core.plan import Plan, simulate
+from flexgnn_core.spec import ModelSpec, TrainSpec
+from graphs import tricky_graph
+
+GRAPH = tricky_graph(num_nodes=48)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=None)
+def _params(kind: str):
+    model = ModelSpec(kind=kind, num_layers=3, hidden=8, heads=2)
+    return model, init_params(model, GRAPH.num_features, GRAPH.num_classes, seed=0)
+
+
+def _run(kind: str, epochs: int, options: dict, tmp_path):
+    model, params = _params(kind)
+    spec = TrainSpec(epochs=epochs, warmup_epochs=0, progress=False, device="cpu")
+    return engine.train(GRAPH, model, params, spec, {"print_plan": False, "disk_dir": str(tmp_path), **options})
+
+
+def _budgets(kind: str, policy: str, num_chunks: int, tmp_path) -> dict:
+    """Greedy: 80% of the all-device peak and 20% for the host (all three tiers used); recompute: half way
+    between its own unlimited plan's minimum and peak, so that some kept intermediates leave the device."""
+    if policy == "recompute":
+        plan = _run(kind, 1, {"policy": "recompute", "num_chunks": num_chunks}, tmp_path).plan
+        low, high = plan["min_device_budget_bytes"], plan["predicted_peak_bytes"]["device"]
+        return {"device_budget_bytes": (low + high) // 2}
+    unlimited = _run(kind, 1, {"policy": "all_device", "num_chunks": num_chunks}, tmp_path)
+    need = unlimited.plan["predicted_peak_bytes"]["device"]
+    return {"device_budget_bytes": int(need * 0.8), "host_budget_bytes": int(need * 0.2)}
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("policy", ["all_host", "all_disk", "recompute", "flexgnn_greedy_tight", "custom"])
+@pytest.mark.parametrize("num_chunks", [1, 5])
+def test_one_epoch_moves_exactly_the_simulated_bytes(kind, policy, num_chunks, tmp_path):
+    options = {"num_chunks": num_chunks, "policy": policy}
+    if policy in ("flexgnn_greedy_tight", "recompute"):  # tight: some of what is kept must leave the device
+        options.update(policy=policy.removesuffix("_tight"), **_budgets(kind, policy, num_chunks, tmp_path))
+    if policy == "custom":
+        names = _run(kind, 1, {"policy": "all_host", "num_chunks": num_chunks}, tmp_path).plan["placement"]
+        options = {"num_chunks": num_chunks, "placement": _mixed_placement(names)}
+    longer, shorter = _run(kind, 3, options, tmp_path), _run(kind, 2, options, tmp_path)
+    assert longer.plan == shorter.plan
+    epoch = {link: longer.io_bytes[link] - shorter.io_bytes[link] for link in longer.io_bytes}
+    plan = Plan.from_json(longer.plan)
+    simulated = simulate(plan, _problem(kind, num_chunks, plan))
+    assert epoch == simulated["link_bytes"]
+    assert sum(epoch.values()) > 0
+
+
+def _mixed_placement(names) -> dict[str, str]:
+    """Graph on the host, every aggregate, transform and attention recomputed, the rest alternating host and disk
+    (``h1`` on the device): the re-gathers that recomputing causes, from both off-device tiers."""
+    placement = {}
+    for i, name in enumerate(names):
+        if name == "graph":
+            placement[name] = "host"
+        elif name.startswith(("agg", "t", "att")):
+            placement[name] = "recompute"
+        else:
+            placement[name] = ("host", "disk")[i % 2]
+    return {**placement, "h1": "device"}
+
+
+def _problem(kind: str, num_chunks: int, plan: Plan):
+    """The engine's own Problem for this graph, model and P (rebuilt the way ``Engine._set_problem`` does)."""
+    model, params = _params(kind)
+    options = {**engine.DEFAULTS, "num_chunks": num_chunks, "placement": dict(plan.placement)}
+    return engine.Engine(GRAPH, model, params, torch.device("cpu"), store=None, options=options).problem
