@@ -117,16 +117,19 @@ def brute_force(problem: Problem, hw: Hardware) -> float:
     return best
 
 
+def assert_optimal_is_brute_force(problem: Problem, hw: Hardware) -> None:
+    """``optimal`` is feasible exactly when some placement is, and then predicted as fast as the best one."""
+    plan = solvers.make_optimal(hw)(problem)
+    expected = brute_force(problem, hw)
+    assert plan.feasible == (expected < float("inf"))
+    if plan.feasible:
+        assert predicted(plan, problem, hw) == pytest.approx(expected, rel=1e-9)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10**9), hw=st.sampled_from(HARDWARE))
 def test_optimal_equals_brute_force_on_one_layer(seed, hw):
-    problem = random_problem(random.Random(seed), layers=1)
-    plan = solvers.make_optimal(hw)(problem)
-    expected = brute_force(problem, hw)
-    if expected == float("inf"):
-        assert not plan.feasible
-    else:
-        assert plan.feasible and predicted(plan, problem, hw) == pytest.approx(expected, rel=1e-9)
+    assert_optimal_is_brute_force(random_problem(random.Random(seed), layers=1), hw)
 
 
 def test_optimal_equals_brute_force_on_two_gcn_layers():
@@ -134,11 +137,7 @@ def test_optimal_equals_brute_force_on_two_gcn_layers():
     for _ in range(4):
         problem = random_problem(rng, layers=2, budget_fraction=0.5)
         problem = Problem(**{**problem.__dict__, "kind": "gcn", "heads": 1, "order_rule": "auto"})
-        plan = solvers.make_optimal(CPU_LIKE)(problem)
-        expected = brute_force(problem, CPU_LIKE)
-        assert plan.feasible == (expected < float("inf"))
-        if plan.feasible:
-            assert predicted(plan, problem, CPU_LIKE) == pytest.approx(expected, rel=1e-9)
+        assert_optimal_is_brute_force(problem, CPU_LIKE)
 
 
 @pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
@@ -151,11 +150,7 @@ def test_optimal_equals_brute_force_with_partial_overlap_and_pair_terms(kind):
         problem = random_problem(rng, layers=layers, budget_fraction=0.5)
         problem = Problem(**{**problem.__dict__, "kind": kind, "heads": 2 if kind == "gat" else 1,
                              "dims": tuple(2 * d for d in problem.dims), "order_rule": "auto"})
-        plan = solvers.make_optimal(hw)(problem)
-        expected = brute_force(problem, hw)
-        assert plan.feasible == (expected < float("inf"))
-        if plan.feasible:
-            assert predicted(plan, problem, hw) == pytest.approx(expected, rel=1e-9)
+        assert_optimal_is_brute_force(problem, hw)
 
 
 @pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
