@@ -85,23 +85,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     job = _hydra_job()
     git = records.git_info()
+    common = dict(config=config, settings=settings, started=started, overrides=job.get("overrides"), git=git,
+                  tracking=None)  # what every record of this job shares; tracking is set once MLflow has a run
     try:
         train_fn = get_train_fn(settings.system_name)
         preflight(settings.system_name, settings.system_options)
     except SystemUnavailable as error:
         if not job.get("multirun"):  # a single run fails; a sweep records the job as skipped and goes on
             raise
-        skipped = records.build_record(graph_stats=None, result=None, status="skipped", error=str(error),
-                                       config=config, settings=settings, started=started,
-                                       overrides=job.get("overrides"), tracking=None, git=git)
+        skipped = records.build_record(graph_stats=None, result=None, status="skipped", error=str(error), **common)
         records.write_json(job["output_dir"] / "record.json", skipped, overwrite=True)
         log.warning("skipped: %s", error)
         return skipped
     if _secondary_rank(settings):  # under torchrun every rank runs the harness: rank 0 alone records
         graph_stats, result = _train(settings, train_fn)
-        return records.build_record(graph_stats=graph_stats, result=result, status="ok", config=config,
-                                    settings=settings, started=started, overrides=job.get("overrides"),
-                                    tracking=None, git=git)
+        return records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     runs_dir = Path(cfg.runs_dir)
     name = f"{settings.system_name}-{settings.model.kind}-{settings.dataset_name}"
@@ -113,8 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                         "dirty": git["dirty"]}, job.get("parent_run_id"))
     tracking = {"tracking_uri": store.uri, "experiment_id": store.experiment_id, "run_id": run_id,
                 "parent_run_id": job.get("parent_run_id")} if store else None
-    common = dict(config=config, settings=settings, started=started, overrides=job.get("overrides"),
-                  tracking=tracking, git=git)
+    common["tracking"] = tracking
     try:
         graph_stats, result = _train(settings, train_fn)
     except BaseException as error:
