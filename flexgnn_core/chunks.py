@@ -113,7 +113,7 @@ class Chunk:
 
     def matrix_t(self, values: Tensor) -> Tensor:
         """Transposed block ``[H, rows]``: ``matrix_t(v) @ g`` is the halo rows' share of ``matrix(v)^T g``."""
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values[self.t_perm],
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.t_perm),
                                        size=(int(self.halo.numel()), self.rows), check_invariants=False)
 
     def to(self, device: torch.device) -> "Chunk":
