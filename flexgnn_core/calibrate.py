@@ -11,9 +11,10 @@
 - disk: writing a temporary file with fsync, then reading it back (through the page cache, as the engine's
   memory-mapped disk tier does);
 - per chunk step overhead: the time of one tiny chunk step (a small sparse product, a gather and a matmul);
+- halo gathers: a gather of random rows and a scatter-add back on the device (chunks do both with halo rows);
 - engine probe (``_engine_probe``): small engine runs correct what microbenchmarks miss: the aggregation and the
   other compute rates (two all-device GCN runs of different density), the prefetch overlap on CPU (hidden over
-  fetch time of an all-host run), the host links, and GAT's attention rate per edge and head.
+  fetch time of an all-host run), the host links, and GAT's attention rates per edge and per edge and head (two head counts).
 
 ``load_or_measure()`` caches the result as JSON under ``$FLEXGNN_CACHE_DIR`` (default ``~/.cache/flexgnn-bench``),
 in a file named by a fingerprint of the machine (CPU model, cores, torch threads, torch version, device); ``force=True``
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from flexgnn_core.spec import Graph, ModelSpec, TrainSpec
 
 CACHE_ENV = "FLEXGNN_CACHE_DIR"
-SCHEMA = 3  # 3: exact link bytes; overlap (CPU), aggregation apart and GAT attention fitted by the probe
+SCHEMA = 4  # 4: halo gathers, GAT per-edge and per-edge-head rates from two probes (3: exact link bytes, overlap)
 
 # Datasheet values (vendor specification sheets; REFERENCE.md section 4), not measurements. Aggregation on a GPU
 # is modelled at its memory roofline: one 4-byte read per edge and feature, so rate = memory bandwidth / 4.
@@ -119,6 +120,19 @@ def _memory(device: torch.device, numel: int) -> float:
     x = torch.rand(numel, device=device)
     out = torch.empty_like(x)
     return 2 * numel * 4 / _time(lambda: torch.clamp(x, min=0, out=out), device)
+
+
+def _gather(device: torch.device, numel: int) -> float:
+    """Bytes of rows per second that a gather of random rows plus a scatter-add back moves on the device (what a
+    chunk does with its halo rows): the mean of the two."""
+    rows = numel // 64
+    source = torch.rand(rows, 64, device=device)
+    index = torch.randint(0, rows, (rows // 2,), generator=torch.Generator().manual_seed(0)).to(device)
+    values = torch.rand(rows // 2, 64, device=device)
+    nbytes = rows // 2 * 64 * 4
+    gather_s = _time(lambda: torch.index_select(source, 0, index), device)
+    scatter_s = _time(lambda: source.index_add_(0, index, values), device)
+    return 2 * nbytes / (gather_s + scatter_s)
 
 
 def _links(device: torch.device, numel: int) -> tuple[float, float]:
@@ -247,27 +261,40 @@ def _engine_probe(hw: Hardware, device: torch.device, nodes: int) -> tuple[Hardw
     link_scale = min(max((host_s - (1 - overlap) * host.compute_s) / transfer, 0.25), 20.0)
     hw = replace(hw, h2d_bytes_per_s=hw.h2d_bytes_per_s / link_scale, d2h_bytes_per_s=hw.d2h_bytes_per_s / link_scale,
                  overlap=overlap)
-    gat_s, gat_plan, gat_problem, _ = _probe_run(graphs[10], ModelSpec(kind="gat", num_layers=2, hidden=64,
-                                                                       heads=4), spec, hw, "all_device")
-    hw = _fit_attention(hw, gat_s, gat_plan, gat_problem)
+    gat_runs = [_probe_run(graphs[10], ModelSpec(kind="gat", num_layers=2, hidden=64, heads=heads), spec, hw,
+                           "all_device") for heads in (1, 4)]
+    hw = _fit_attention(hw, gat_runs)
     return hw, {"agg_scale": agg_scale, "rest_scale": rest_scale, "link_scale": link_scale, "overlap": overlap,
                 "all_device_s": sparse[0], "all_device_dense_s": dense[0], "all_host_s": host_s,
-                "gat_all_device_s": gat_s, "gat_edge_head_per_s": hw.gat_edge_head_per_s}
+                "gat_all_device_s": [run[0] for run in gat_runs], "gat_edge_head_per_s": hw.gat_edge_head_per_s,
+                "gat_edge_per_s": hw.gat_edge_per_s}
 
 
-def _fit_attention(hw: Hardware, measured: float, plan: Plan, problem: Problem) -> Hardware:
-    """GAT's attention (per edge and head scores, softmax and weighting, forward and backward) costs far more
-    than an aggregation of the same width: from a small GAT trained all on the device, give the time the rest of
-    the model does not explain to the attention terms, as a rate per edge, head and pass."""
+def _fit_attention(hw: Hardware, runs: list[tuple[float, Plan, Problem, dict]]) -> Hardware:
+    """GAT's attention (scores, softmax and weighting, forward and backward) costs far more than an aggregation
+    of the same width. From small GATs trained all on the device with different head counts, give the time the
+    rest of the model does not explain to the attention terms: ``passes x E x (1 / per_edge + heads /
+    per_edge_head)``, a least-squares fit of the two rates (per-edge work dropped when the fit makes it negative;
+    the attention time clipped at a quarter of the prior, against noise)."""
     from dataclasses import replace
+
+    import numpy as np
 
     from flexgnn_core import cost
 
-    predicted = cost.predict(plan, problem, hw).compute_s
-    passes = 2 * problem.num_layers  # all on the device: one attention pass forward, one backward, per layer
-    attention = passes * cost.attention_s(hw, problem.num_edges, problem.heads)
-    attention_measured = max(measured - (predicted - attention), 0.25 * attention)  # clipped: noise
-    return replace(hw, gat_edge_head_per_s=passes * problem.num_edges * problem.heads / attention_measured)
+    base = replace(hw, gat_edge_per_s=0.0)
+    rows, targets = [], []
+    for measured, plan, problem, _ in runs:
+        predicted = cost.predict(plan, problem, base).compute_s
+        passes = 2 * problem.num_layers  # all on the device: one attention pass forward, one backward, per layer
+        attention = passes * cost.attention_s(base, problem.num_edges, problem.heads)
+        rows.append([passes * problem.num_edges, passes * problem.num_edges * problem.heads])
+        targets.append(max(measured - (predicted - attention), 0.25 * attention))
+    (per_edge, per_edge_head), *_ = np.linalg.lstsq(np.array(rows, float), np.array(targets), rcond=None)
+    per_edge, per_edge_head = float(per_edge), float(per_edge_head)
+    if per_edge * rows[0][0] < 1e-6 * targets[0] or per_edge_head <= 0:  # no per-edge part (or cannot tell):
+        per_edge, per_edge_head = 0.0, sum(targets) / sum(row[1] for row in rows)  # all per edge and head
+    return replace(hw, gat_edge_per_s=1 / per_edge if per_edge > 0 else 0.0, gat_edge_head_per_s=1 / per_edge_head)
 
 
 def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = True) -> Hardware:
@@ -281,6 +308,7 @@ def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = 
                     matmul_flop_per_s=_matmul(device, rows), memory_bytes_per_s=_memory(device, int(4_000_000 * scale)),
                     h2d_bytes_per_s=h2d, d2h_bytes_per_s=d2h, disk_read_bytes_per_s=disk_read,
                     disk_write_bytes_per_s=disk_write, step_overhead_s=_step_overhead(device),
+                    gather_bytes_per_s=_gather(device, int(8_000_000 * scale)),  # past the caches
                     overlap=1.0 if device.type == "cuda" else 0.0, source="measured")
     if not probe:
         return hw

@@ -26,6 +26,7 @@ from flexgnn_core.plan import FLOAT, Plan, Problem, intermediates, link_terms, s
 LINKS = ("h2d", "d2h", "disk_read", "disk_write")
 RATE_FIELDS = ("agg_edge_width_per_s", "matmul_flop_per_s", "memory_bytes_per_s", "h2d_bytes_per_s",
                "d2h_bytes_per_s", "disk_read_bytes_per_s", "disk_write_bytes_per_s")
+OPTIONAL_RATES = ("gat_edge_head_per_s", "gat_edge_per_s", "gather_bytes_per_s")  # 0: derived or not modelled
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,20 @@ class Hardware:
     overlap: float = 0.0  # fraction of compute time under which prefetched transfers hide, in [0, 1]
     source: str = "measured"
     gat_edge_head_per_s: float = 0.0  # GAT attention (scores, softmax, weighting) per edge and head; 0: agg rate / 4
+    gat_edge_per_s: float = 0.0  # GAT per-edge index work whatever the heads (gathers by src/dst); 0: none
+    gather_bytes_per_s: float = 0.0  # row gathers / scatter-adds of halo rows on the device; 0: memory rate / 2
 
     def __post_init__(self) -> None:
-        for name in RATE_FIELDS + ("step_overhead_s", "overlap", "gat_edge_head_per_s"):
+        for name in RATE_FIELDS + ("step_overhead_s", "overlap") + OPTIONAL_RATES:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"hardware.{name}={value!r} must be a finite number")
             if name in RATE_FIELDS and value <= 0:
                 raise ValueError(f"hardware.{name}={value!r} must be > 0 (a rate per second)")
-        if self.gat_edge_head_per_s < 0:
-            raise ValueError(f"hardware.gat_edge_head_per_s={self.gat_edge_head_per_s!r} must be >= 0 per second "
-                             "(0: derived from agg_edge_width_per_s)")
+        for name in OPTIONAL_RATES:
+            if getattr(self, name) < 0:
+                raise ValueError(f"hardware.{name}={getattr(self, name)!r} must be >= 0 per second (0: derived or "
+                                 "not modelled)")
         if self.step_overhead_s < 0:
             raise ValueError(f"hardware.step_overhead_s={self.step_overhead_s!r} must be >= 0 seconds")
         if not 0 <= self.overlap <= 1:
@@ -98,8 +102,16 @@ def agg_s(hw: Hardware, edges: int, width: int) -> float:
 
 
 def attention_s(hw: Hardware, edges: int, heads: int) -> float:
-    """One pass of GAT's per-edge attention work (scores, softmax, weighting) over ``edges`` x ``heads``."""
-    return edges * heads / (hw.gat_edge_head_per_s or hw.agg_edge_width_per_s / 4)
+    """One pass of GAT's per-edge attention work (scores, softmax, weighting) over ``edges`` x ``heads``, plus
+    the per-edge index work whose cost does not grow with the heads (``gat_edge_per_s``)."""
+    per_edge = edges / hw.gat_edge_per_s if hw.gat_edge_per_s else 0.0
+    return per_edge + edges * heads / (hw.gat_edge_head_per_s or hw.agg_edge_width_per_s / 4)
+
+
+def halo_s(hw: Hardware, rows: int, width: int) -> float:
+    """One gather (or scatter-add) of ``rows`` halo rows of ``width`` floats on the device: random row access,
+    the cost that grows with P as chunks read more distinct sources in all."""
+    return rows * width * FLOAT / (hw.gather_bytes_per_s or hw.memory_bytes_per_s / 2)
 
 
 def mm_s(hw: Hardware, rows: int, inner: int, cols: int) -> float:
@@ -113,18 +125,23 @@ def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> floa
     first, last = layer == 0, layer == problem.num_layers - 1
     elementwise = n * o * FLOAT * (2 if last else 3) / hw.memory_bytes_per_s  # activation (+ grad) or loss
     sage = 0.0 if problem.kind != "sage" else (2 + (not first)) * mm_s(hw, n, d, o)
-    if order == "aggregate_first":
+    halo = problem.sum_halo_rows
+    if order == "aggregate_first":  # forward reads device rows by global column; backward scatters to the halo
         forward = (0.0 if first else agg_s(hw, e, d)) + mm_s(hw, n, d, o)
-        backward = mm_s(hw, n, o, d) + (0.0 if first else mm_s(hw, n, o, d) + agg_s(hw, e, d))
+        backward = mm_s(hw, n, o, d) + (0.0 if first else mm_s(hw, n, o, d) + agg_s(hw, e, d) + halo_s(hw, halo, d))
         steps = 2 * chunks
     else:
         t = transform_width(problem, layer)
         forward = agg_s(hw, e, t)
-        backward = agg_s(hw, e, t) + (1 + (not first)) * mm_s(hw, n, t, d)
+        backward = agg_s(hw, e, t) + (1 + (not first)) * mm_s(hw, n, t, d) + halo_s(hw, halo, t)
         steps = 3 * chunks
         if problem.kind == "gat":  # attention per edge and head forward and backward; gat_backward ~ 3 aggregations
             forward += attention_s(hw, e, problem.heads)
             backward += 2 * agg_s(hw, e, t) + attention_s(hw, e, problem.heads)
+            # the halo rows of t gathered forward and backward (not at P=1: the halo is every row, in order), and
+            # gat_backward's elementwise passes over them (scores, d_t, d_att_src; read and write)
+            gathers = 0 if chunks == 1 else 2
+            backward += gathers * halo_s(hw, halo, t) + 4 * 2 * halo * t * FLOAT / hw.memory_bytes_per_s
     return forward + backward + sage + elementwise + steps * hw.step_overhead_s
 
 
@@ -139,8 +156,11 @@ def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) 
     if name.startswith("att"):  # recompute: the softmax again in backward
         return attention_s(hw, e, problem.heads) if recomputed else 0.0
     t = transform_width(problem, layer)  # t{layer}: stored = one whole transform pass (P more steps)
-    if recomputed:  # transform only the halo rows inside each aggregation step (twice for GAT: fwd and bwd)
-        return mm_s(hw, problem.sum_halo_rows, d, t) * (2 if problem.kind == "gat" else 1)
+    if recomputed:  # transform only the halo rows inside each aggregation step (twice for GAT: fwd and bwd),
+        # gathering h's halo rows instead (GAT: in place of t's, already in the layer's base)
+        halo, passes = problem.sum_halo_rows, (2 if problem.kind == "gat" else 1)
+        gathered = halo_s(hw, halo, d) - (halo_s(hw, halo, t) if problem.kind == "gat" and problem.num_chunks > 1 else 0)
+        return passes * (mm_s(hw, halo, d, t) + gathered)
     return mm_s(hw, n, d, t) + problem.num_chunks * hw.step_overhead_s
 
 

@@ -25,7 +25,8 @@ RATES = dict(name="x", agg_edge_width_per_s=1.0, matmul_flop_per_s=1.0, memory_b
 @pytest.mark.parametrize("field,value", [("h2d_bytes_per_s", -1.0), ("disk_read_bytes_per_s", 0),
                                          ("matmul_flop_per_s", "fast"), ("agg_edge_width_per_s", True),
                                          ("d2h_bytes_per_s", math.inf), ("overlap", 1.5), ("step_overhead_s", -0.1),
-                                         ("gat_edge_head_per_s", -1.0)])
+                                         ("gat_edge_head_per_s", -1.0), ("gat_edge_per_s", -1.0),
+                                         ("gather_bytes_per_s", "slow")])
 def test_bad_hardware_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Hardware(**{**RATES, field: value})
@@ -71,6 +72,39 @@ def test_gat_attention_uses_its_own_rate_per_edge_head_and_pass():
     assert extra == pytest.approx(2 * 2 * problem.num_edges * problem.heads * (1 / 1.0 - 1 / 2.0))
     unset = Hardware(**RATES)  # not calibrated: a quarter of the aggregation rate, as before calibration existed
     assert cost.attention_s(unset, 6, 2) == 6 * 2 / (RATES["agg_edge_width_per_s"] / 4)
+    per_edge = Hardware(**{**RATES, "gat_edge_per_s": 3.0, "gat_edge_head_per_s": 2.0})
+    assert cost.attention_s(per_edge, 6, 2) == 6 / 3.0 + 6 * 2 / 2.0  # index work per edge, whatever the heads
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+def test_more_halo_rows_cost_more_and_a_faster_gather_less(kind):
+    """Chunks gather and scatter-add their halo rows: the more distinct sources all chunks read, the longer the
+    predicted epoch (the term that grows with P); a faster gather rate shortens it."""
+    dims = (4, 4, 2)
+    problem = tiny_problem(kind=kind, dims=dims, heads=2, num_chunks=2, sum_halo_rows=5, order_rule="aggregate_first")
+    wider = tiny_problem(kind=kind, dims=dims, heads=2, num_chunks=2, sum_halo_rows=8, order_rule="aggregate_first")
+    plan = SOLVERS["all_device"](problem)
+    assert cost.predict(plan, wider, UNIT).compute_s > cost.predict(plan, problem, UNIT).compute_s
+    fast_gather = Hardware(**{**RATES, "gather_bytes_per_s": 100.0})
+    assert cost.predict(plan, problem, fast_gather).compute_s < cost.predict(plan, problem, UNIT).compute_s
+
+
+def test_attention_fit_recovers_the_rates_that_made_the_runs():
+    """Calibration fits GAT's per-edge and per-edge-head rates from two all-device runs with 1 and 4 heads: fed
+    runs whose times the model itself made from known rates, it must give those rates back."""
+    truth = Hardware(**{**RATES, "gat_edge_per_s": 7.0, "gat_edge_head_per_s": 3.0})
+    prior = Hardware(**{**RATES, "gat_edge_head_per_s": 5.0})  # the rates before the fit
+    runs = []
+    for heads in (1, 4):
+        problem = tiny_problem(kind="gat", dims=(8, 8, 2), heads=heads, num_chunks=2)
+        plan = SOLVERS["all_device"](problem)
+        runs.append((cost.predict(plan, problem, truth).compute_s, plan, problem, {}))
+    fitted = calibrate._fit_attention(prior, runs)
+    assert fitted.gat_edge_per_s == pytest.approx(7.0) and fitted.gat_edge_head_per_s == pytest.approx(3.0)
+    # runs faster than the rest of the model explains cannot give a rate below zero: a quarter of the prior's
+    # attention time is kept, all of it per edge and head
+    clipped = calibrate._fit_attention(prior, [(0.0, plan, problem, {}) for _, plan, problem, _ in runs])
+    assert clipped.gat_edge_per_s == 0 and clipped.gat_edge_head_per_s > 0
 
 
 def test_predict_rejects_mismatched_chunk_count():
@@ -119,8 +153,9 @@ def test_calibration_is_cached_per_machine_and_forced_again(tmp_path, monkeypatc
     monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path))
     measured = calibrate.load_or_measure("cpu", scale=0.25)
     assert measured.source == "measured"
-    for name in cost.RATE_FIELDS + ("gat_edge_head_per_s",):
+    for name in cost.RATE_FIELDS + ("gat_edge_head_per_s", "gather_bytes_per_s"):
         assert 0 < getattr(measured, name) < math.inf
+    assert 0 <= measured.gat_edge_per_s < math.inf  # 0 when the probes cannot tell per-edge work apart
     assert 0 <= measured.overlap <= 1  # on CPU: the share of fetch time the engine probe's prefetch hid
     path = calibrate.cache_path(calibrate.torch.device("cpu"))
     assert path.parent == tmp_path and path.exists()
