@@ -9,11 +9,13 @@ fixed features is computed in the first epoch and reused (FlexGNN's release does
 
 Usage: ``train(graph, model, params, train_spec, options)`` (the ``spec.TrainFn`` signature, system "flexgnn");
 options: ``policy``, ``num_chunks``, ``reorder``, ``order``, ``prefetch``, ``placement`` (a custom plan),
-``device_budget_bytes``, ``host_budget_bytes``, ``disk_dir``.
+``device_budget_bytes``, ``host_budget_bytes``, ``disk_dir``, ``device_budget_fraction`` (the device budget as a
+share of this problem's all-on-device peak at the configured ``num_chunks``, resolved to bytes before planning).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,14 +30,14 @@ from flexgnn_core.loop import timed_training
 from flexgnn_core.memory import PeakMemoryMeter
 from flexgnn_core.models import masked_accuracy
 from flexgnn_core.norm import add_self_loops_csr, gcn_norm_csr, mean_norm_csr
-from flexgnn_core.plan import Plan, Problem, custom_plan, transform_width
-from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
+from flexgnn_core.plan import Plan, Problem, custom_plan, simulate, transform_width
+from flexgnn_core.spec import Graph, ModelSpec, PlanInfeasible, RunResult, TrainSpec, resolve_device
 from flexgnn_core.tiers import TierStore
 
 SYSTEM = "flexgnn"
 DEFAULTS = {"policy": "optimal", "num_chunks": 4, "reorder": "none", "order": "auto", "prefetch": True,
             "placement": None, "device_budget_bytes": None, "host_budget_bytes": None, "disk_dir": None,
-            "print_plan": True, "hardware": None}
+            "print_plan": True, "hardware": None, "device_budget_fraction": None}
 
 
 def model_graph(graph_rowptr: Tensor, graph_col: Tensor, kind: str) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -79,6 +81,11 @@ class Engine:
         self.params = {name: value.detach().to(device, copy=True) for name, value in params.items()}
         self.preprocess_s = time.perf_counter() - start
         self._set_problem(num_chunks, options)
+        if options["device_budget_fraction"] is not None:  # a share of what all-on-device needs at this P
+            everything = simulate(solvers.SOLVERS["all_device"](self.problem), self.problem)["peak_bytes"]["device"]
+            budget = math.ceil(options["device_budget_fraction"] * everything)
+            options = {**options, "device_budget_bytes": budget}
+            self._set_problem(num_chunks, options)
         start = time.perf_counter()
         hw = solvers.hardware_for(options["hardware"], device)
         if options["placement"] is not None:
@@ -109,7 +116,7 @@ class Engine:
     def allocate(self) -> None:
         """Create every stored intermediate on its tier (refuses an infeasible plan, naming the minimum)."""
         if not self.plan.feasible:
-            raise ValueError(f"plan '{self.plan.policy}' is infeasible: {self.plan.reason}")
+            raise PlanInfeasible(f"plan '{self.plan.policy}' is infeasible: {self.plan.reason}", self.plan.to_json())
         where = dict(self.plan.placement)
         self.graph_on_device = where["graph"] == "device"
         self._block_bytes = 0
@@ -432,6 +439,14 @@ def _options(options: Mapping[str, Any]) -> dict[str, Any]:
         value = merged[key]
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"{key}={value!r} must be a positive integer number of bytes or None (unlimited)")
+    fraction = merged["device_budget_fraction"]
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ValueError(f"device_budget_fraction={fraction!r} must be a number in (0, 1] (a share of the "
+                             "all-on-device peak) or None")
+        if merged["device_budget_bytes"] is not None:
+            raise ValueError(f"device_budget_fraction={fraction!r} and device_budget_bytes="
+                             f"{merged['device_budget_bytes']!r} are both set; set only one of them")
     return merged
 
 
@@ -472,12 +487,13 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
         result.peak_bytes = meter.peak_bytes
         result.tier_peak_bytes = dict(counters.peak)
         result.io_bytes = dict(counters.links)
-        budget = opts["device_budget_bytes"]
+        budget = engine.problem.device_budget_bytes  # resolved from device_budget_fraction when that is set
         result.extra = {
             "policy": engine.plan.policy, "num_chunks": engine.problem.num_chunks, "reorder": opts["reorder"],
             "predicted_epoch_s": engine.prediction.epoch_s, "prediction": engine.prediction.to_json(),
             "prefetch_fetch_s": counters.fetch_s, "prefetch_wait_s": counters.wait_s,
             "prefetch_hidden_s": counters.hidden_s,
+            "device_budget_bytes": budget, "device_budget_fraction": opts["device_budget_fraction"],
             "device_within_budget": None if budget is None else counters.peak["device"] <= budget,
             "cuda_within_budget": (None if budget is None or device.type != "cuda"
                                    else meter.peak_bytes["device"] <= budget),

@@ -58,6 +58,16 @@ class SystemUnavailable(RuntimeError):
     to make it available. Single runs fail on it; sweeps record the job as skipped and go on."""
 
 
+class PlanInfeasible(ValueError):
+    """A plan that does not fit the budgets (``Plan.feasible`` is False); the message gives the reason and the
+    minimum; ``plan`` is the plan that did not fit (``Plan.to_json()``). Single runs fail on it; sweeps record the
+    job as infeasible and go on."""
+
+    def __init__(self, message: str, plan: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.plan = plan
+
+
 class GraphError(ValueError):
     """A graph that breaks the container's invariants; the message names the field and the fix."""
 

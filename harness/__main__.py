@@ -7,6 +7,7 @@ Examples::
     python -m harness                                  # pyg, 2-layer GCN, synthetic 20k nodes, 30 epochs
     python -m harness system=pyg model=gat dataset.avg_degree=20 train.epochs=100 hardware.device=cpu
     python -m harness +sweep=speedup                   # systems x models x densities, one MLflow parent run
+    python -m harness +sweep=planner                   # every flexgnn planner x models x densities x budgets
 
 The last line on stdout is the run record as compact JSON; everything else (logs, progress) goes to stderr.
 """
@@ -26,7 +27,8 @@ from harness.systems import SystemUnavailable
 USER_ERRORS = (ConfigError, SystemUnavailable, ValueError, OSError)  # bad input: the message says what to fix
 
 
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> str:
+    """Run one job; returns the record's status (ok, skipped, infeasible), which a sweep's progress shows."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -38,6 +40,7 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     print(dumps(record), flush=True)
+    return record["status"]
 
 
 def cli() -> None:

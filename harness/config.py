@@ -114,6 +114,21 @@ class HardwareConfig:
 
 
 @dataclass
+class FlexgnnSystemConfig:
+    """``flexgnn_core.engine`` options (conf/system/flexgnn.yaml); budgets in bytes come from the hardware group."""
+
+    name: str = "flexgnn"
+    policy: str = "optimal"  # a solver of flexgnn_core/solvers.py SOLVERS; planner=NAME overrides
+    num_chunks: int = 4
+    reorder: str = "none"
+    order: str = "auto"
+    prefetch: bool = True
+    # The device budget as a share of this problem's all-on-device peak, in (0, 1]; instead of
+    # hardware.device_budget_bytes (not both); null = hardware.device_budget_bytes decides.
+    device_budget_fraction: Optional[float] = None
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     warmup_epochs: int = 1
@@ -153,6 +168,7 @@ def register_configs() -> None:
     store.store(group="dataset", name="files_schema", node=FilesDatasetConfig)
     store.store(group="model", name="model_schema", node=ModelConfig)
     store.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+    store.store(group="system", name="flexgnn_schema", node=FlexgnnSystemConfig)
 
 
 register_configs()
@@ -184,6 +200,19 @@ def parse_bytes(value: Any, field_name: str) -> int | None:
     if number <= 0 or number != number or number == float("inf"):
         raise ConfigError(f"config field '{field_name}': got {value!r}, must be > 0. Fix: {fix}")
     return int(number)
+
+
+def _check_budget_fraction(options: dict[str, Any]) -> None:
+    """``system.device_budget_fraction``: in (0, 1], and not together with ``hardware.device_budget_bytes``."""
+    fraction = options.get("device_budget_fraction")
+    if fraction is None:
+        return
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"config field 'system.device_budget_fraction': got {fraction!r}, must be in (0, 1] (a "
+                          "share of the all-on-device peak). Fix: e.g. system.device_budget_fraction=0.25, or null")
+    if options.get("device_budget_bytes") is not None:
+        raise ConfigError("config fields 'system.device_budget_fraction' and 'hardware.device_budget_bytes' are both "
+                          "set, and each sets the device budget. Fix: drop one, e.g. hardware.device_budget_bytes=null")
 
 
 @dataclass(frozen=True)
@@ -260,6 +289,7 @@ def validate(cfg: DictConfig) -> Settings:
             raise ConfigError(f"config field 'planner': planner={planner.get('name')} plans the flexgnn engine, but "
                               f"system={system_name}. Fix: add system=flexgnn or drop planner=")
         options["policy"] = planner.get("name")
+    _check_budget_fraction(options)
     options = {key: value for key, value in options.items() if value is not None or key in system}
     if train.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", train.device):
         raise ConfigError(f"config field 'hardware.device': got {train.device!r}. Fix: hardware.device=auto, cpu, "

@@ -1,8 +1,10 @@
 """Tables from run records: a pure step that only reads record files (STYLE.md #11).
 
 ``python -m harness.report RECORD_OR_DIR... [--out DIR]`` writes ``summary.csv`` and ``summary.md``: one row per
-record with the median epoch time, the speedup over ``pyg`` on the same model and graph, accuracy and peak memory.
-A sweep writes the same table into its sweep directory when its last job ends.
+record with the median epoch time, the speedup over ``pyg`` on the same model and graph, accuracy and peak memory;
+``planner.csv`` / ``planner.md`` when flexgnn ran a case with several planners (``harness/report_planner.py``);
+and the plots the records support (``harness/plots.py``: ``speedup.png``, ``prediction.png``).
+A sweep writes the same files into its sweep directory when its last job ends.
 """
 
 from __future__ import annotations
@@ -79,15 +81,31 @@ def write_summary(record_paths: list[Path], out_dir: Path) -> list[Path]:
     return [csv_path, md_path]
 
 
+def write_reports(record_paths: list[Path], out_dir: Path) -> tuple[list[Path], dict[str, Any] | None]:
+    """Every table and plot these records support, into ``out_dir``: (paths written, planner summary or None)."""
+    from harness.plots import write_plots
+    from harness.report_planner import write_planner
+
+    paths = write_summary(record_paths, out_dir)
+    records = [json.loads(Path(path).read_text()) for path in record_paths]
+    planner_paths, planner = write_planner(records, out_dir)
+    return [*paths, *planner_paths, *write_plots(records, out_dir)], planner
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="record files or directories searched recursively")
-    parser.add_argument("--out", type=Path, default=Path("."), help="directory for summary.csv / summary.md")
+    parser.add_argument("--out", type=Path, default=Path("."), help="directory for the tables and plots")
     args = parser.parse_args(argv)
     files = sorted({file for path in args.paths
                     for file in ([path] if path.is_file() else path.rglob("*.json"))})
-    for path in write_summary(files, args.out):
+    paths, planner = write_reports(files, args.out)
+    for path in paths:
         print(path)
+    if planner is not None:
+        from harness.report_planner import summary_line
+
+        print(summary_line(planner))
 
 
 if __name__ == "__main__":

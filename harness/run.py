@@ -3,7 +3,10 @@
 ``run(cfg)`` is what ``python -m harness`` calls for each job, and what tests call directly. Order matters for
 bad input: the config is validated and the system imported before anything is recorded; once an MLflow run
 exists, any failure marks it FAILED with the error, writes a ``status: failed`` record into the job's own
-directory, and re-raises (a non-zero exit). Earlier records and runs are never touched.
+directory, and re-raises (a non-zero exit). Earlier records and runs are never touched. Inside a sweep, two outcomes
+are results rather than failures, recorded so the sweep goes on: a system unavailable here (``status: skipped``,
+no MLflow run) and a flexgnn plan that does not fit its budget (``status: infeasible`` with the reason, no
+result; its MLflow run is tagged ``status=infeasible`` and finished).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from flexgnn_core.spec import PlanInfeasible
 from harness import record as records
 from harness.config import ConfigError, Settings, validate
 from harness.systems import SystemUnavailable, get_train_fn, preflight
@@ -114,22 +118,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     common["tracking"] = tracking
     try:
         graph_stats, result = _train(settings, train_fn)
+    except PlanInfeasible as error:
+        if not job.get("multirun"):  # a single run fails with the reason and the minimum budget
+            _record_failure(error, common, job, store, run_id)
+            raise
+        return _record_infeasible(error, common, job, runs_dir, store, run_id, config_yaml)
     except BaseException as error:
-        failed = records.build_record(graph_stats=None, result=None, status="failed",
-                                      error=f"{type(error).__name__}: {error}", **common)
-        failed["error_traceback"] = "".join(traceback.format_exception(error))
-        if "output_dir" in job:
-            records.write_json(job["output_dir"] / "record.json", failed, overwrite=True)
-        if store:
-            store.fail_run(run_id, error, status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        _record_failure(error, common, job, store, run_id)
         raise
     record = records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
-    stable = runs_dir / RECORDS_SUBDIR / records.record_filename(record)
-    record["paths"] = {"record": str(stable.resolve()),
-                       "job_dir": str(job["output_dir"].resolve()) if "output_dir" in job else None}
-    records.write_json(stable, record)
-    if "output_dir" in job:
-        records.write_json(job["output_dir"] / "record.json", record, overwrite=True)
+    stable = _write(record, runs_dir, job)
     if store:
         try:
             store.log_record(run_id, record, config_yaml)
@@ -141,4 +139,43 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("done: median epoch %s, val acc %.4f, host peak %.0f MiB; record %s%s",
              "n/a" if median is None else f"{median:.4f} s", result["accuracy"].get("val", float("nan")),
              (result["peak_bytes"].get("host") or 0) / 2**20, stable, f", MLflow run {run_id}" if run_id else "")
+    return record
+
+
+def _write(record: dict[str, Any], runs_dir: Path, job: dict[str, Any]) -> Path:
+    """The record into ``<runs_dir>/records/`` (never overwritten) and the job's directory; returns the first."""
+    stable = runs_dir / RECORDS_SUBDIR / records.record_filename(record)
+    record["paths"] = {"record": str(stable.resolve()),
+                       "job_dir": str(job["output_dir"].resolve()) if "output_dir" in job else None}
+    records.write_json(stable, record)
+    if "output_dir" in job:
+        records.write_json(job["output_dir"] / "record.json", record, overwrite=True)
+    return stable
+
+
+def _record_failure(error: BaseException, common: dict[str, Any], job: dict[str, Any], store: Store | None,
+                    run_id: str | None) -> None:
+    """A ``status: failed`` record in the job's directory only, and the MLflow run marked FAILED (or KILLED)."""
+    failed = records.build_record(graph_stats=None, result=None, status="failed",
+                                  error=f"{type(error).__name__}: {error}", **common)
+    failed["error_traceback"] = "".join(traceback.format_exception(error))
+    if "output_dir" in job:
+        records.write_json(job["output_dir"] / "record.json", failed, overwrite=True)
+    if store:
+        store.fail_run(run_id, error, status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
+
+def _record_infeasible(error: PlanInfeasible, common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
+                       store: Store | None, run_id: str | None, config_yaml: str) -> dict[str, Any]:
+    """A sweep's job whose plan does not fit: a ``status: infeasible`` record (the reason, no result) kept like an
+    ok one, since "this solver cannot fit this budget" is a result; its MLflow run tagged and finished."""
+    record = records.build_record(graph_stats=None, result=None, status="infeasible", error=str(error), **common)
+    record["plan"] = records.jsonable(error.plan)  # what the solver proposed, with the budget it had to fit
+    _write(record, runs_dir, job)
+    if store:
+        store.log_record(run_id, record, config_yaml)
+        store.client.set_tag(run_id, "status", "infeasible")
+        store.client.set_tag(run_id, "error", str(error)[:5000])
+        store.client.set_terminated(run_id, status="FINISHED")
+    log.warning("infeasible: %s", error)
     return record

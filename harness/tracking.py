@@ -103,10 +103,20 @@ class Store:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "record.json").write_text(dumps(record, indent=2) + "\n")
             (Path(tmp) / "config.yaml").write_text(config_yaml)
-            plan = (record.get("result") or {}).get("plan")
+            plan = (record.get("result") or {}).get("plan") or record.get("plan")  # ran, or did not fit
             if plan is not None:
                 (Path(tmp) / "plan.json").write_text(dumps(plan, indent=2) + "\n")
             self.client.log_artifacts(run_id, tmp)
+
+    def log_summary(self, run_id: str, values: dict[str, Any]) -> None:
+        """Summary numbers (step 0) on a run, e.g. a sweep's parent; unknown (None) values are left out."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, 0) for key, value in values.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
 
 
 def _param_value(value: Any) -> str:
@@ -141,6 +151,9 @@ def metrics_of(record: dict[str, Any]) -> list[tuple[str, float, int]]:
         rows.append((f"mem/{tier}_accounted_peak_bytes", size, 0))
     for link, size in (result.get("io_bytes") or {}).items():
         rows.append((f"io/{link}_bytes", size, 0))
+    extra = result.get("extra") or {}  # a planning system's prediction and the budget it planned for
+    rows += [("plan/predicted_epoch_s", extra.get("predicted_epoch_s"), 0),
+             ("mem/device_budget_bytes", extra.get("device_budget_bytes"), 0)]
     return [(name, float(value), step) for name, value, step in rows
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
 
@@ -160,13 +173,15 @@ def count_jobs(config: DictConfig) -> int | None:
 
 
 class SweepCallback(Callback):
-    """A parent MLflow run per multirun, sweep progress on stderr, and a summary table when the last job ends."""
+    """A parent MLflow run per multirun, sweep progress on stderr, and the tables and plots when the last job ends
+    (``harness.report.write_reports``; the planner summary also as ``planner/...`` metrics on the parent run)."""
 
     def __init__(self) -> None:
         self.store: Store | None = None
         self.parent_run_id: str | None = None
         self.total: int | None = None
         self.done = self.failed = 0
+        self.outcomes: dict[str, int] = {}  # jobs that returned, by record status: ok, skipped, infeasible
         self.finished = False
         self.sweep_dir: Path | None = None
         self.started = time.perf_counter()
@@ -194,7 +209,9 @@ class SweepCallback(Callback):
         total = self.total or self.done
         filled = round(20 * self.done / total) if total else 20
         overrides = " ".join(job_return.overrides or [])
-        state = "FAILED" if job_return.status == JobStatus.FAILED else "ok"
+        state = "FAILED" if job_return.status == JobStatus.FAILED else str(job_return.return_value or "ok")
+        if job_return.status != JobStatus.FAILED:
+            self.outcomes[state] = self.outcomes.get(state, 0) + 1
         print(f"sweep [{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total or '?'} "
               f"{time.perf_counter() - self.started:.0f}s  {state}: {overrides}", file=sys.stderr, flush=True)
         if self.total is not None and self.done >= self.total:
@@ -207,13 +224,22 @@ class SweepCallback(Callback):
         if self.finished or self.sweep_dir is None:
             return
         self.finished = True
-        from harness.report import write_summary
+        from harness.report import write_reports
+        from harness.report_planner import summary_line
 
-        tables = write_summary(sorted(self.sweep_dir.glob("*/record.json")), self.sweep_dir)
+        tables, planner = write_reports(sorted(self.sweep_dir.glob("*/record.json")), self.sweep_dir)
         if self.store and self.parent_run_id:
             for path in tables:
                 self.store.client.log_artifact(self.parent_run_id, str(path))
             self.store.client.set_tag(self.parent_run_id, "failed_jobs", str(self.failed))
+            for state, count in self.outcomes.items():
+                if state != "ok":
+                    self.store.client.set_tag(self.parent_run_id, f"{state}_jobs", str(count))
+            if planner is not None:
+                self.store.log_summary(self.parent_run_id, {f"planner/{k}": v for k, v in planner.items()})
             self.store.client.set_terminated(self.parent_run_id, status="FAILED" if self.failed else "FINISHED")
-        print(f"sweep done: {self.done - self.failed} ok, {self.failed} failed; summary in "
+        returned = ", ".join(f"{count} {state}" for state, count in sorted(self.outcomes.items()))
+        print(f"sweep done: {returned or '0 ok'}, {self.failed} failed; tables and plots in "
               f"{', '.join(str(p) for p in tables)}", file=sys.stderr, flush=True)
+        if planner is not None:
+            print(f"planner: {summary_line(planner)}", file=sys.stderr, flush=True)

@@ -1,0 +1,91 @@
+"""Plots from run records: a pure step over record files (STYLE.md #11), PNG files, matplotlib's Agg renderer.
+
+- ``speedup.png`` (``+sweep=speedup``): speedup over pyg per model x graph density, grouped bars per system;
+- ``prediction.png`` (``+sweep=planner``): predicted vs measured median epoch of flexgnn plans, log-log, y = x,
+  one colour per planner.
+
+``write_plots(records, out_dir)`` draws the plots whose records are present and skips the others silently;
+``python -m harness.report ... --out DIR`` and the end of every sweep call it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from harness.report import BASELINE, summarize
+from harness.report_planner import PLANNERS, planner_of
+
+
+def _figure(width: float = 8.0, height: float = 4.5):
+    # A Figure on an Agg canvas, not pyplot: no global state, no display backend, safe inside a sweep's process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def speedup_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Grouped bars: one group per (model, avg_degree), one bar per system (median when repeated); None when
+    no system other than pyg has a speedup."""
+    rows = [row for row in summarize(records) if row["speedup_vs_pyg"] is not None]
+    if not any(row["system"] != BASELINE for row in rows):
+        return None
+    groups = sorted({(str(row["model"]), row["avg_degree"] or 0) for row in rows}, key=lambda g: (g[0], g[1]))
+    systems = sorted({str(row["system"]) for row in rows}, key=lambda s: (s != BASELINE, s))
+    figure = _figure(max(6.0, 0.9 * len(groups) * len(systems) ** 0.5 + 3))
+    axes = figure.add_subplot()
+    width = 0.8 / len(systems)
+    for i, system in enumerate(systems):
+        heights = [statistics.median([row["speedup_vs_pyg"] for row in rows if row["system"] == system
+                                      and (str(row["model"]), row["avg_degree"] or 0) == group] or [0.0])
+                   for group in groups]
+        axes.bar([g + (i - (len(systems) - 1) / 2) * width for g in range(len(groups))], heights, width,
+                 label=system)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(groups)), [f"{model}\ndeg {degree:g}" for model, degree in groups])
+    axes.set_ylabel(f"speedup over {BASELINE} (median epoch)")
+    datasets = sorted({str(row["dataset"]) for row in rows})
+    axes.set_title(f"Epoch-time speedup over {BASELINE} ({', '.join(datasets)})")
+    axes.legend(title="system")
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def prediction_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Scatter of the cost model's prediction against the measured median epoch per flexgnn run; None when no
+    flexgnn record has both."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for record in records:
+        result = record.get("result") or {}
+        measured, predicted = result.get("median_epoch_s"), (result.get("extra") or {}).get("predicted_epoch_s")
+        if record.get("system") == "flexgnn" and record.get("status") == "ok" and measured and predicted:
+            points.setdefault(str(planner_of(record)), []).append((measured, predicted))
+    if not points:
+        return None
+    figure = _figure(6.5, 5.5)
+    axes = figure.add_subplot()
+    order = {name: i for i, name in enumerate(PLANNERS)}
+    for i, name in enumerate(sorted(points, key=lambda n: (order.get(n, 99), n))):
+        colour = f"C{order.get(name, len(PLANNERS) + i) % 10}"  # one colour per planner in every plot
+        axes.scatter(*zip(*points[name]), label=name, s=22, alpha=0.8, color=colour)
+    values = [v for pairs in points.values() for pair in pairs for v in pair]
+    low, high = min(values) / 1.5, max(values) * 1.5
+    axes.plot([low, high], [low, high], color="black", linewidth=0.8, label="y = x")
+    for factor in (0.75, 1.25):  # the +-25% error goal of issue 4
+        axes.plot([low, high], [low * factor, high * factor], color="grey", linewidth=0.6, linestyle="--")
+    axes.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high), xlabel="measured median epoch (s)",
+             ylabel="predicted epoch (s)", title="Cost model: predicted vs measured (dashed: +-25%)")
+    axes.legend(title="planner", fontsize="small")
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """The plots these records support, as PNG files in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drawn = [speedup_plot(records, out_dir / "speedup.png"), prediction_plot(records, out_dir / "prediction.png")]
+    return [path for path in drawn if path is not None]
