@@ -12,9 +12,11 @@
   memory-mapped disk tier does);
 - per chunk step overhead: the time of one tiny chunk step (a small sparse product, a gather and a matmul);
 - halo gathers: a gather of random rows and a scatter-add back on the device (chunks do both with halo rows);
+- GAT's edge softmax per edge and head (what recomputing attention costs);
 - engine probe (``_engine_probe``): small engine runs correct what microbenchmarks miss: the aggregation and the
-  other compute rates (two all-device GCN runs of different density), the prefetch overlap on CPU (hidden over
-  fetch time of an all-host run), the host links, and GAT's attention rates per edge and per edge and head (two head counts).
+  other compute rates and the engine's per-step overhead (three all-device GCN runs: two densities, two P), the
+  prefetch overlap on CPU (hidden over fetch time of an all-host run), the host links, and GAT's attention rates
+  per edge and per edge and head (two head counts).
 
 ``load_or_measure()`` caches the result as JSON under ``$FLEXGNN_CACHE_DIR`` (default ``~/.cache/flexgnn-bench``),
 in a file named by a fingerprint of the machine (CPU model, cores, torch threads, torch version, device); ``force=True``
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from flexgnn_core.spec import Graph, ModelSpec, TrainSpec
 
 CACHE_ENV = "FLEXGNN_CACHE_DIR"
-SCHEMA = 4  # 4: halo gathers, GAT per-edge and per-edge-head rates from two probes (3: exact link bytes, overlap)
+SCHEMA = 6  # 6: per-transfer latency; 5: engine step overhead, GAT softmax; 4: halo gathers; 3: exact link bytes
 
 # Datasheet values (vendor specification sheets; REFERENCE.md section 4), not measurements. Aggregation on a GPU
 # is modelled at its memory roofline: one 4-byte read per edge and feature, so rate = memory bandwidth / 4.
@@ -135,6 +137,19 @@ def _gather(device: torch.device, numel: int) -> float:
     return 2 * nbytes / (gather_s + scatter_s)
 
 
+def _softmax(device: torch.device, rows: int) -> float:
+    """GAT's edge softmax (``ops.edge_softmax``) alone, per edge and head: what recomputing attention redoes."""
+    from flexgnn_core.chunks import build_chunks
+    from flexgnn_core.norm import add_self_loops_csr
+    from flexgnn_core.ops import edge_softmax
+
+    matrix = _random_csr(rows, rows, 8, torch.device("cpu"))
+    rowptr, col = add_self_loops_csr(matrix.crow_indices(), matrix.col_indices())
+    chunk = build_chunks(rowptr, col, None, 1, self_loops=True)[0].to(device)
+    scores = torch.rand(chunk.num_edges, 4, device=device)
+    return chunk.num_edges * 4 / _time(lambda: edge_softmax(chunk, scores), device)
+
+
 def _links(device: torch.device, numel: int) -> tuple[float, float]:
     pinned = device.type == "cuda"
     rows = numel // 64
@@ -183,10 +198,10 @@ def _step_overhead(device: torch.device) -> float:
     return _time(lambda: [step() for _ in range(20)], device) / 20
 
 
-def _probe_run(graph: Graph, model: ModelSpec, spec: TrainSpec, hw: Hardware,
-               policy: str) -> tuple[float, Plan, Problem, dict]:
-    """Train ``model`` on a synthetic ``graph`` (ids already in order) with the engine at P=4: the median epoch,
-    the plan, the engine's ``Problem`` rebuilt from the graph, and the run's extra counters."""
+def _probe_run(graph: Graph, model: ModelSpec, spec: TrainSpec, hw: Hardware, policy: str,
+               num_chunks: int = 4) -> tuple[float, Plan, Problem, dict]:
+    """Train ``model`` on a synthetic ``graph`` (ids already in order) with the engine at P=``num_chunks``: the
+    median epoch, the plan, the engine's ``Problem`` rebuilt from the graph, and the run's extra counters."""
     from flexgnn_core import engine
     from flexgnn_core.models import init_params
     from flexgnn_core.plan import Plan, Problem
@@ -194,80 +209,122 @@ def _probe_run(graph: Graph, model: ModelSpec, spec: TrainSpec, hw: Hardware,
 
     params = init_params(model, graph.num_features, graph.num_classes, seed=0)
     with using_hardware(hw):  # an engine that predicts must not calibrate again from inside calibration
-        result = engine.train(graph, model, params, spec, {"policy": policy, "num_chunks": 4, "print_plan": False})
+        result = engine.train(graph, model, params, spec, {"policy": policy, "num_chunks": num_chunks,
+                                                           "print_plan": False})
     rowptr, col, _ = engine.model_graph(graph.rowptr, graph.col, model.kind)
     problem = Problem(kind=model.kind, dims=tuple(model.dims(graph.num_features, graph.num_classes)),
-                      heads=model.heads, num_nodes=graph.num_nodes, num_edges=int(col.numel()), num_chunks=4,
-                      **chunk_stats(rowptr, col, model.kind, [4])[4],
+                      heads=model.heads, num_nodes=graph.num_nodes, num_edges=int(col.numel()),
+                      num_chunks=num_chunks, **chunk_stats(rowptr, col, model.kind, [num_chunks])[num_chunks],
                       param_bytes=sum(p.numel() * 4 for p in params.values()))
     measured = statistics.median(result.epoch_times_s[result.warmup_epochs:])
     return measured, Plan.from_json(result.plan), problem, result.extra
 
 
-def _fit_compute(hw: Hardware, runs: list[tuple[float, Plan, Problem, dict]]) -> tuple[float, float]:
-    """Scales (aggregation, everything else) so that two all-device runs of different density are predicted as
-    measured: ``measured = a * predicted aggregation + b * predicted rest``. Falls back to one common scale when
-    the two runs cannot tell the parts apart (or the fit is not positive)."""
+def _fit_compute(hw: Hardware, runs: list[tuple[float, Plan, Problem, dict]]) -> Hardware:
+    """Rates such that all-device runs of different density and chunk count are predicted as measured: a
+    least-squares fit of ``measured = a x aggregation + b x rest + steps x overhead`` (each run's predicted
+    aggregation time, the rest of its compute, its chunk-step count), which divides the aggregation rate by ``a``,
+    the matmul, elementwise and gather rates by ``b``, and sets the engine's per-step overhead (its Python
+    dispatch per chunk, which microbenchmarks miss). Parts the runs cannot tell apart, or a fit that is not
+    positive, fall back to one common scale and the measured step overhead; scales are clipped against noise."""
     from dataclasses import replace
+
+    import numpy as np
 
     from flexgnn_core import cost
 
-    parts = []
-    for measured, plan, problem, _ in runs:
+    rows, measured = [], []
+    for seconds, plan, problem, _ in runs:
         total = cost.predict(plan, problem, hw).compute_s
-        faster = cost.predict(plan, problem, replace(hw, agg_edge_width_per_s=2 * hw.agg_edge_width_per_s)).compute_s
-        parts.append((measured, 2 * (total - faster), total - 2 * (total - faster)))
-    (m1, a1, r1), (m2, a2, r2) = parts
-    det = a1 * r2 - a2 * r1
-    if abs(det) > 1e-3 * (a1 * r2 + a2 * r1):
-        agg_scale, rest_scale = (m1 * r2 - m2 * r1) / det, (a1 * m2 - a2 * m1) / det
-        if agg_scale > 0 and rest_scale > 0:
-            return min(max(agg_scale, 0.05), 50.0), min(max(rest_scale, 0.05), 50.0)
-    common = (m1 + m2) / (a1 + r1 + a2 + r2)
-    return common, common
+        agg = 2 * (total - cost.predict(plan, problem, replace(hw, agg_edge_width_per_s=2 * hw.agg_edge_width_per_s))
+                   .compute_s)
+        steps = (total - cost.predict(plan, problem, replace(hw, step_overhead_s=0.0)).compute_s) / hw.step_overhead_s
+        rows.append([agg, total - agg - steps * hw.step_overhead_s, steps])
+        measured.append(seconds)
+    a, b, step = np.linalg.lstsq(np.array(rows), np.array(measured), rcond=None)[0]
+    if not (a > 0 and b > 0 and step > 0):
+        a = b = sum(measured) / sum(row[0] + row[1] + row[2] * hw.step_overhead_s for row in rows)
+        step = hw.step_overhead_s
+    a, b = min(max(float(a), 0.05), 50.0), min(max(float(b), 0.05), 50.0)
+    return replace(hw, agg_edge_width_per_s=hw.agg_edge_width_per_s / a, matmul_flop_per_s=hw.matmul_flop_per_s / b,
+                   memory_bytes_per_s=hw.memory_bytes_per_s / b,
+                   gather_bytes_per_s=(hw.gather_bytes_per_s or hw.memory_bytes_per_s / 2) / b,
+                   step_overhead_s=min(float(step), 1.0))
 
 
-def _engine_probe(hw: Hardware, device: torch.device, nodes: int) -> tuple[Hardware, dict]:
+def _engine_probe(hw: Hardware, device: torch.device, nodes: int, repeats: int = 2) -> tuple[Hardware, dict]:
     """Microbenchmarks miss the engine's own overheads (sparse block setup, gathers, accounting). Train small
-    synthetic graphs with the engine and fold the measured/predicted ratios into the rates: the compute rates
-    from two all-device runs of different density (aggregation apart from the rest); then, on CPU, the overlap as
-    the share of an all-host run's fetch time that prefetching hid; then the host links, so that the all-host run
-    is predicted as measured with that overlap; then GAT's attention rate (``_fit_attention``)."""
+    synthetic graphs with the engine (each probe ``repeats`` times, interleaved, the fastest kept: this machine's
+    epochs vary by 10-30% run to run) and fold the measured/predicted ratios into the rates: the compute rates and
+    the per-step overhead from three all-device runs (``_fit_compute``); then, on CPU, the overlap as
+    the share of an all-host run's fetch time that prefetching hid; then the host links' bandwidth and per-transfer
+    latency from all-host runs at two P (``_fit_links``); then GAT's attention rates (``_fit_attention``)."""
     from dataclasses import replace
 
-    from flexgnn_core import cost
     from flexgnn_core.data.synthetic import make_synthetic
     from flexgnn_core.spec import ModelSpec, TrainSpec
 
     graphs = {degree: make_synthetic(num_nodes=nodes, avg_degree=degree, num_features=64, num_classes=8, seed=0)
-              for degree in (10, 30)}
-    model = ModelSpec(kind="gcn", num_layers=3, hidden=64)  # a middle layer aggregates wide rows, the last narrow
-    spec = TrainSpec(epochs=4, warmup_epochs=1, seed=0, device=str(device), progress=False)
-    sparse, dense = (_probe_run(graphs[degree], model, spec, hw, "all_device") for degree in (10, 30))
-    host_s, host_plan, problem, host_extra = _probe_run(graphs[10], model, spec, hw, "all_host")
-    agg_scale, rest_scale = _fit_compute(hw, [sparse, dense])
-    hw = replace(hw, agg_edge_width_per_s=hw.agg_edge_width_per_s / agg_scale,
-                 matmul_flop_per_s=hw.matmul_flop_per_s / rest_scale,
-                 memory_bytes_per_s=hw.memory_bytes_per_s / rest_scale,
-                 step_overhead_s=hw.step_overhead_s * rest_scale)
+              for degree in (10, 40)}
+    gcn = ModelSpec(kind="gcn", num_layers=3, hidden=64)  # a middle layer aggregates wide rows, the last narrow
+    gat = {heads: ModelSpec(kind="gat", num_layers=2, hidden=64, heads=heads) for heads in (1, 4)}
+    spec = TrainSpec(epochs=6, warmup_epochs=1, seed=0, device=str(device), progress=False)
+    # density separates aggregation from the rest, P the per-step overhead, heads GAT's per-edge work
+    probes = {"sparse": (graphs[10], gcn, "all_device", 4), "dense": (graphs[40], gcn, "all_device", 4),
+              "chunked": (graphs[10], gcn, "all_device", 64), "host": (graphs[10], gcn, "all_host", 4),
+              "host_chunked": (graphs[10], gcn, "all_host", 64),
+              "gat1": (graphs[10], gat[1], "all_device", 4), "gat4": (graphs[10], gat[4], "all_device", 4)}
+    best = {}
+    for _ in range(repeats):  # interleaved; the fastest run of each probe is the least disturbed by other work
+        for key, (graph, model, policy, count) in probes.items():
+            run = _probe_run(graph, model, spec, hw, policy, count)
+            if key not in best or run[0] < best[key][0]:
+                best[key] = run
+    runs = [best["sparse"], best["dense"], best["chunked"]]
+    host_s, _, _, host_extra = best["host"]
+    before = hw
+    hw = _fit_compute(hw, runs)
+    agg_scale = before.agg_edge_width_per_s / hw.agg_edge_width_per_s
+    rest_scale = before.matmul_flop_per_s / hw.matmul_flop_per_s
     overlap = hw.overlap
     if device.type != "cuda" and host_extra["prefetch_fetch_s"] > 0:  # GPU profiles keep theirs (copy engines)
         # The share of fetch time the engine's background prefetch hid under compute in the all-host run.
         overlap = min(max(host_extra["prefetch_hidden_s"] / host_extra["prefetch_fetch_s"], 0.0), 1.0)
-    host = cost.predict(host_plan, problem, replace(hw, overlap=0.0))
-    transfer = sum(dict(host.transfer_s).values())
-    # Solve measured = compute + scale * transfer - overlap * compute for the link scale, so that the all-host
-    # run is predicted as measured with the calibrated overlap; clipped: noise must not run away.
-    link_scale = min(max((host_s - (1 - overlap) * host.compute_s) / transfer, 0.25), 20.0)
-    hw = replace(hw, h2d_bytes_per_s=hw.h2d_bytes_per_s / link_scale, d2h_bytes_per_s=hw.d2h_bytes_per_s / link_scale,
-                 overlap=overlap)
-    gat_runs = [_probe_run(graphs[10], ModelSpec(kind="gat", num_layers=2, hidden=64, heads=heads), spec, hw,
-                           "all_device") for heads in (1, 4)]
+    hw = replace(hw, overlap=overlap)
+    link_scale, hw = _fit_links(hw, [best["host"], best["host_chunked"]])
+    gat_runs = [best["gat1"], best["gat4"]]
     hw = _fit_attention(hw, gat_runs)
     return hw, {"agg_scale": agg_scale, "rest_scale": rest_scale, "link_scale": link_scale, "overlap": overlap,
-                "all_device_s": sparse[0], "all_device_dense_s": dense[0], "all_host_s": host_s,
+                "transfer_op_s": hw.transfer_op_s, "all_host_chunked_s": best["host_chunked"][0],
+                "all_device_s": [run[0] for run in runs], "all_host_s": host_s, "step_overhead_s": hw.step_overhead_s,
                 "gat_all_device_s": [run[0] for run in gat_runs], "gat_edge_head_per_s": hw.gat_edge_head_per_s,
                 "gat_edge_per_s": hw.gat_edge_per_s}
+
+
+def _fit_links(hw: Hardware, runs: list[tuple[float, Plan, Problem, dict]]) -> tuple[float, Hardware]:
+    """Host links as the engine sees them (an alpha-beta model): from all-host runs at a low and a high P, solve
+    ``measured = (1 - overlap) x compute + scale x byte time + transfers x transfer_op_s`` for the bandwidth
+    ``scale`` (dividing h2d and d2h) and the per-transfer latency. When the two runs cannot tell them apart (or
+    the fit is not positive), no latency and the scale from the low-P run; both clipped against noise."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from flexgnn_core import cost
+    from flexgnn_core.plan import simulate
+
+    rows, targets = [], []
+    for measured, plan, problem, _ in runs:
+        prediction = cost.predict(plan, problem, replace(hw, overlap=0.0, transfer_op_s=0.0))
+        rows.append([sum(seconds for link, seconds in prediction.transfer_s if link != "ops"),
+                     simulate(plan, problem)["transfer_ops"]])
+        targets.append(measured - (1 - hw.overlap) * prediction.compute_s)
+    scale, op_s = np.linalg.lstsq(np.array(rows, float), np.array(targets), rcond=None)[0]
+    if not (scale > 0 and op_s >= 0):
+        scale, op_s = targets[0] / rows[0][0], 0.0
+    scale = min(max(float(scale), 0.25), 20.0)
+    return scale, replace(hw, h2d_bytes_per_s=hw.h2d_bytes_per_s / scale, d2h_bytes_per_s=hw.d2h_bytes_per_s / scale,
+                          transfer_op_s=min(float(op_s), 0.01))
 
 
 def _fit_attention(hw: Hardware, runs: list[tuple[float, Plan, Problem, dict]]) -> Hardware:
@@ -309,10 +366,11 @@ def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = 
                     h2d_bytes_per_s=h2d, d2h_bytes_per_s=d2h, disk_read_bytes_per_s=disk_read,
                     disk_write_bytes_per_s=disk_write, step_overhead_s=_step_overhead(device),
                     gather_bytes_per_s=_gather(device, int(8_000_000 * scale)),  # past the caches
+                    gat_softmax_edge_head_per_s=_softmax(device, rows),
                     overlap=1.0 if device.type == "cuda" else 0.0, source="measured")
     if not probe:
         return hw
-    hw, _ = _engine_probe(hw, device, int(10_000 * scale))
+    hw, _ = _engine_probe(hw, device, int(20_000 * scale))
     return hw
 
 

@@ -7,7 +7,8 @@ transfer time prefetching can hide under compute). ``predict(plan, problem, hw)`
 - compute: per layer a base term fixed by its order, plus per recomputable intermediate the cost of storing it
   (computing it once) or of recomputing it (``item_compute_s``); plus ``step_overhead_s`` per chunk step;
 - transfers: ``simulate()``'s bytes per link (exactly the engine's) divided by that link's bandwidth (links
-  summed: conservative);
+  summed: conservative), plus ``transfer_op_s`` per chunk-level transfer (an alpha-beta link model: on CPU the
+  per-transfer cost is the prefetch hand-off and staging, ~100 us, which dominates at high P);
 - overlap: ``epoch = max(compute, compute + transfer - overlap * compute)``: prefetching hides at most
   ``overlap`` of the compute time's worth of transfers.
 
@@ -23,10 +24,10 @@ from dataclasses import asdict, dataclass, fields
 
 from flexgnn_core.plan import FLOAT, Plan, Problem, intermediates, link_terms, simulate, transform_width
 
-LINKS = ("h2d", "d2h", "disk_read", "disk_write")
+LINKS = ("h2d", "d2h", "disk_read", "disk_write", "ops")  # "ops": chunk-level transfers, at transfer_op_s each
 RATE_FIELDS = ("agg_edge_width_per_s", "matmul_flop_per_s", "memory_bytes_per_s", "h2d_bytes_per_s",
                "d2h_bytes_per_s", "disk_read_bytes_per_s", "disk_write_bytes_per_s")
-OPTIONAL_RATES = ("gat_edge_head_per_s", "gat_edge_per_s", "gather_bytes_per_s")  # 0: derived or not modelled
+OPTIONAL_RATES = ("gat_edge_head_per_s", "gat_edge_per_s", "gather_bytes_per_s", "gat_softmax_edge_head_per_s")  # 0: derived or not modelled
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,11 @@ class Hardware:
     gat_edge_head_per_s: float = 0.0  # GAT attention (scores, softmax, weighting) per edge and head; 0: agg rate / 4
     gat_edge_per_s: float = 0.0  # GAT per-edge index work whatever the heads (gathers by src/dst); 0: none
     gather_bytes_per_s: float = 0.0  # row gathers / scatter-adds of halo rows on the device; 0: memory rate / 2
+    gat_softmax_edge_head_per_s: float = 0.0  # GAT's edge softmax alone (what recomputing att redoes); 0: a pass
+    transfer_op_s: float = 0.0  # latency of one chunk-level off-device transfer (dispatch, staging, hand-off)
 
     def __post_init__(self) -> None:
-        for name in RATE_FIELDS + ("step_overhead_s", "overlap") + OPTIONAL_RATES:
+        for name in RATE_FIELDS + ("step_overhead_s", "overlap", "transfer_op_s") + OPTIONAL_RATES:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"hardware.{name}={value!r} must be a finite number")
@@ -59,12 +62,16 @@ class Hardware:
             if getattr(self, name) < 0:
                 raise ValueError(f"hardware.{name}={getattr(self, name)!r} must be >= 0 per second (0: derived or "
                                  "not modelled)")
-        if self.step_overhead_s < 0:
-            raise ValueError(f"hardware.step_overhead_s={self.step_overhead_s!r} must be >= 0 seconds")
+        for name in ("step_overhead_s", "transfer_op_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"hardware.{name}={getattr(self, name)!r} must be >= 0 seconds")
         if not 0 <= self.overlap <= 1:
             raise ValueError(f"hardware.overlap={self.overlap!r} must be in [0, 1]")
 
     def link_bytes_per_s(self, link: str) -> float:
+        """Bytes per second of a link; for ``ops`` (transfer counts), transfers per second."""
+        if link == "ops":
+            return 1 / self.transfer_op_s if self.transfer_op_s else math.inf
         return getattr(self, f"{link}_bytes_per_s")
 
     def to_json(self) -> dict:
@@ -153,8 +160,11 @@ def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) 
         if recomputed:
             return agg_s(hw, e, d) * (2 if layer == 0 else 1)
         return 0.0
-    if name.startswith("att"):  # recompute: the softmax again in backward
-        return attention_s(hw, e, problem.heads) if recomputed else 0.0
+    if name.startswith("att"):  # recompute: the edge softmax again in backward (its scores are made anyway)
+        if not recomputed:
+            return 0.0
+        rate = hw.gat_softmax_edge_head_per_s
+        return e * problem.heads / rate if rate else attention_s(hw, e, problem.heads)
     t = transform_width(problem, layer)  # t{layer}: stored = one whole transform pass (P more steps)
     if recomputed:  # transform only the halo rows inside each aggregation step (twice for GAT: fwd and bwd),
         # gathering h's halo rows instead (GAT: in place of t's, already in the layer's base)
@@ -209,7 +219,7 @@ def predict(plan: Plan, problem: Problem, hw: Hardware) -> Prediction:
                          "with the problem's chunk statistics for the plan's P (solvers.problem_for)")
     simulated = simulate(plan, problem)
     compute = compute_s(plan, problem, hw)
-    per_link = transfer_s(simulated["link_bytes"], hw)
+    per_link = transfer_s({**simulated["link_bytes"], "ops": simulated["transfer_ops"]}, hw)
     transfer = sum(per_link.values())
     epoch = epoch_s(compute, transfer, hw)
     return Prediction(compute, tuple(per_link.items()), compute + transfer - epoch, epoch,

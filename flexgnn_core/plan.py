@@ -197,13 +197,17 @@ class LinkTerm:
         return all(placement.get(name) in allowed for name, allowed in self.when)
 
 
-def _moves(tier: str, read: int = 0, write: int = 0, add: int = 0, zero: int = 0) -> tuple[tuple[str, int], ...]:
+def _moves(tier: str, chunks: int, read: int = 0, write: int = 0, add: int = 0,
+           zero: int = 0) -> tuple[tuple[str, int], ...]:
     """Bytes per link of reads, writes, read-modify-write adds and zeroings of an off-device buffer (as
-    ``tiers.Buffer`` counts them: a host add is one d2h copy, a disk add also reads and writes the file)."""
+    ``tiers.Buffer`` counts them: a host add is one d2h copy, a disk add also reads and writes the file), and
+    ``ops``: the chunk-level transfers that carry them, one per chunk for each kind of access (a per-transfer
+    latency in the cost model; an access that runs twice per epoch is still counted once per chunk)."""
     disk = tier == "disk"
     links = {"h2d": read, "d2h": write + add, "disk_read": (read + add) * disk,
              "disk_write": (write + add + zero) * disk}
-    return tuple((link, FLOAT * rows) for link, rows in links.items())
+    ops = chunks * sum(1 for rows in (read, write, add) if rows)
+    return tuple((link, FLOAT * rows) for link, rows in links.items()) + (("ops", ops),)
 
 
 @functools.lru_cache(maxsize=256)  # solvers ask once per intermediate and placement; the problem is a frozen value
@@ -227,11 +231,13 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
     gat, sage = problem.kind == "gat", problem.kind == "sage"
     stored, every, off = frozenset(TIERS), frozenset(PLACEMENTS), ("host", "disk")
     recomputed = frozenset({"recompute"})
-    blocks = (("h2d", 2 * L * problem.graph_bytes), ("d2h", 0), ("disk_read", 0), ("disk_write", 0))
+    blocks = (("h2d", 2 * L * problem.graph_bytes), ("d2h", 0), ("disk_read", 0), ("disk_write", 0),
+              ("ops", 2 * L * problem.num_chunks))
     terms = [LinkTerm((("graph", frozenset({"host"})),), blocks)]
 
     def term(tier: str, name: str, other: tuple[str, frozenset[str]] | None = None, **rows: int) -> None:
-        terms.append(LinkTerm(((name, frozenset({tier})),) + ((other,) if other else ()), _moves(tier, **rows)))
+        terms.append(LinkTerm(((name, frozenset({tier})),) + ((other,) if other else ()),
+                              _moves(tier, problem.num_chunks, **rows)))
 
     for layer in range(L):
         d, tw = problem.dims[layer], transform_width(problem, layer)
@@ -263,7 +269,8 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
 
 
 def simulate(plan: Plan, problem: Problem) -> dict[str, dict[str, int]]:
-    """Replay a plan on the problem's statistics: ``{"peak_bytes": per tier, "link_bytes": per link per epoch}``.
+    """Replay a plan on the problem's statistics: ``{"peak_bytes": per tier, "link_bytes": per link per epoch,
+    "transfer_ops": chunk-level transfers per epoch}``.
 
     Peaks: fixed device bytes + one chunk's working set + every stored intermediate on its tier (buffers live for
     the whole run). Links: the bytes one steady-state epoch moves, exactly as the engine counts them
@@ -276,12 +283,13 @@ def simulate(plan: Plan, problem: Problem) -> dict[str, dict[str, int]]:
     for name, where in plan.placement:
         if where != "recompute":
             peak[where] += items[name].nbytes
-    links = {"h2d": 0, "d2h": 0, "disk_read": 0, "disk_write": 0}
+    links = {"h2d": 0, "d2h": 0, "disk_read": 0, "disk_write": 0, "ops": 0}
     for term in link_terms(problem):
         if term.applies(placement):
             for link, nbytes in term.links:
                 links[link] += nbytes
-    return {"peak_bytes": peak, "link_bytes": links}
+    ops = links.pop("ops")
+    return {"peak_bytes": peak, "link_bytes": links, "transfer_ops": ops}
 
 
 def _finish(policy: str, problem: Problem, orders: tuple[str, ...], placement: dict[str, str]) -> Plan:

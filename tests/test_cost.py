@@ -107,6 +107,40 @@ def test_attention_fit_recovers_the_rates_that_made_the_runs():
     assert clipped.gat_edge_per_s == 0 and clipped.gat_edge_head_per_s > 0
 
 
+def test_compute_fit_recovers_the_rates_and_step_overhead_that_made_the_runs():
+    """Calibration scales the aggregation and the other compute rates and sets the per-step overhead from three
+    all-device runs (two densities, two P): fed runs the model made from known rates, it gives them back."""
+    truth = Hardware(**{**RATES, "agg_edge_width_per_s": 3.0, "matmul_flop_per_s": 0.5, "memory_bytes_per_s": 0.5,
+                        "gather_bytes_per_s": 0.25, "step_overhead_s": 0.7})
+    prior = Hardware(**{**RATES, "gather_bytes_per_s": 0.5, "step_overhead_s": 0.1})
+    runs = []
+    for edges, count, halo in ((6, 2, 5), (40, 2, 7), (6, 4, 9)):
+        problem = tiny_problem(dims=(4, 4, 2), num_edges=edges, num_chunks=count, sum_halo_rows=halo)
+        plan = SOLVERS["all_device"](problem)
+        runs.append((cost.predict(plan, problem, truth).compute_s, plan, problem, {}))
+    fitted = calibrate._fit_compute(prior, runs)
+    for name in ("agg_edge_width_per_s", "matmul_flop_per_s", "memory_bytes_per_s", "gather_bytes_per_s",
+                 "step_overhead_s"):
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name)), name
+
+
+def test_link_fit_recovers_bandwidth_and_per_transfer_latency():
+    """Host links are fitted from all-host runs at a low and a high P (an alpha-beta model): fed runs the model
+    made from a known bandwidth and per-transfer latency, the fit gives both back."""
+    truth = Hardware(**{**RATES, "h2d_bytes_per_s": 0.5, "d2h_bytes_per_s": 0.5, "transfer_op_s": 0.005,
+                        "overlap": 0.4})
+    prior = Hardware(**{**RATES, "overlap": 0.4})
+    runs = []
+    for count, halo in ((2, 5), (4, 9)):
+        problem = tiny_problem(dims=(4, 4, 2), num_chunks=count, sum_halo_rows=halo)
+        plan = SOLVERS["all_host"](problem)
+        runs.append((cost.predict(plan, problem, truth).epoch_s, plan, problem, {}))
+        assert simulate(plan, problem)["transfer_ops"] > 0
+    scale, fitted = calibrate._fit_links(prior, runs)
+    assert scale == pytest.approx(2.0) and fitted.h2d_bytes_per_s == pytest.approx(0.5)
+    assert fitted.transfer_op_s == pytest.approx(0.005)
+
+
 def test_predict_rejects_mismatched_chunk_count():
     problem = tiny_problem()
     plan = SOLVERS["all_device"](tiny_problem(num_chunks=2))
@@ -138,7 +172,8 @@ def test_item_link_bytes_sum_to_simulate(kind, layers, seed, order):
         if placement.get(a) in allowed_a and placement.get(b) in allowed_b:
             for link, nbytes in links.items():
                 total[link] += nbytes
-    assert total == simulate(plan, problem)["link_bytes"]
+    simulated = simulate(plan, problem)
+    assert total == {**simulated["link_bytes"], "ops": simulated["transfer_ops"]}
 
 
 def test_profiles_are_datasheet_values_and_unknown_names_are_listed():
