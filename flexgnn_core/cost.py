@@ -10,7 +10,7 @@ transfer time prefetching can hide under compute). ``predict(plan, problem, hw)`
   summed: conservative), plus ``transfer_op_s`` per chunk-level transfer (an alpha-beta link model: on CPU the
   per-transfer cost is the prefetch hand-off and staging, ~100 us, which dominates at high P);
 - overlap: ``epoch = max(compute, compute + transfer - overlap * compute)``: prefetching hides at most
-  ``overlap`` of the compute time's worth of transfers.
+  ``overlap`` of the compute time's worth of transfers (none at P=1: there is no next chunk to prefetch).
 
 Every term is a sum of per-layer, per-intermediate and per-pair-of-intermediates costs, which is what lets
 ``solvers.optimal`` solve the placement exactly as a mixed-integer program over the same numbers
@@ -208,8 +208,13 @@ def transfer_s(link_bytes: dict[str, int], hw: Hardware) -> dict[str, float]:
     return {link: link_bytes[link] / hw.link_bytes_per_s(link) for link in LINKS}
 
 
-def epoch_s(compute: float, transfer: float, hw: Hardware) -> float:
-    return max(compute, compute + transfer - hw.overlap * compute)
+def overlap(problem: Problem, hw: Hardware) -> float:
+    """The share of compute that can hide transfers: none at P=1, where there is no next chunk to prefetch."""
+    return hw.overlap if problem.num_chunks > 1 else 0.0
+
+
+def epoch_s(compute: float, transfer: float, hidden_share: float) -> float:
+    return max(compute, compute + transfer - hidden_share * compute)
 
 
 def predict(plan: Plan, problem: Problem, hw: Hardware) -> Prediction:
@@ -221,6 +226,6 @@ def predict(plan: Plan, problem: Problem, hw: Hardware) -> Prediction:
     compute = compute_s(plan, problem, hw)
     per_link = transfer_s({**simulated["link_bytes"], "ops": simulated["transfer_ops"]}, hw)
     transfer = sum(per_link.values())
-    epoch = epoch_s(compute, transfer, hw)
+    epoch = epoch_s(compute, transfer, overlap(problem, hw))
     return Prediction(compute, tuple(per_link.items()), compute + transfer - epoch, epoch,
                       tuple(simulated["peak_bytes"].items()), tuple(simulated["link_bytes"].items()))

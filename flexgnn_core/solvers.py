@@ -182,8 +182,9 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
     tau[-1] = 1
     c_row, t_row = compute / scale, transfer / scale
     rows.append(tau - c_row), lo.append(constant / scale), hi.append(np.inf)  # tau >= C
-    rows.append(tau - (1 - hw.overlap) * c_row - t_row)  # tau >= (1 - overlap) C + T
-    lo.append((1 - hw.overlap) * constant / scale), hi.append(np.inf)
+    hidden_share = cost.overlap(problem, hw)
+    rows.append(tau - (1 - hidden_share) * c_row - t_row)  # tau >= (1 - overlap) C + T
+    lo.append((1 - hidden_share) * constant / scale), hi.append(np.inf)
     integrality = np.ones(nv)
     integrality[nx + no:] = 0  # products and tau are continuous (the McCormick rows make y exact)
     upper = np.ones(nv)
@@ -195,7 +196,7 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
                   bounds=bounds, options={"mip_rel_gap": 0})
     if result.x is None:
         return None
-    if hw.overlap > 0 and t_row.any():  # hidden transfers tie with none: among the fastest, move the fewest bytes
+    if hidden_share > 0 and t_row.any():  # hidden transfers tie with none: among the fastest, move the fewest bytes
         rows.append(tau), lo.append(-np.inf), hi.append(result.x[-1] * (1 + 1e-12))
         second = milp(t_row, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=integrality,
                       bounds=bounds, options={"mip_rel_gap": 0})

@@ -52,7 +52,7 @@ def test_unit_costs_add_up_by_hand():
 
 @pytest.mark.parametrize("overlap", [0.0, 0.5, 1.0])
 def test_epoch_is_compute_plus_unhidden_transfer(overlap):
-    problem = tiny_problem()
+    problem = tiny_problem(num_chunks=2)
     hw = Hardware(**{**RATES, "overlap": overlap})
     prediction = cost.predict(SOLVERS["all_host"](problem), problem, hw)
     transfer = sum(dict(prediction.link_bytes).values())  # unit bandwidths: seconds = bytes
@@ -60,6 +60,10 @@ def test_epoch_is_compute_plus_unhidden_transfer(overlap):
     assert prediction.epoch_s == max(prediction.compute_s, prediction.compute_s + transfer
                                      - overlap * prediction.compute_s)
     assert prediction.epoch_s + prediction.hidden_s == prediction.compute_s + transfer
+    # one chunk: nothing to prefetch while it computes, so nothing is hidden (the engine prefetches only at P > 1)
+    single = tiny_problem()
+    alone = cost.predict(SOLVERS["all_host"](single), single, hw)
+    assert alone.hidden_s == 0 and alone.epoch_s == alone.compute_s + sum(dict(alone.transfer_s).values())
 
 
 def test_gat_attention_uses_its_own_rate_per_edge_head_and_pass():
