@@ -288,8 +288,10 @@ def _engine_probe(hw: Hardware, device: torch.device, nodes: int, repeats: int =
     rest_scale = before.matmul_flop_per_s / hw.matmul_flop_per_s
     overlap = hw.overlap
     if device.type != "cuda" and host_extra["prefetch_fetch_s"] > 0:  # GPU profiles keep theirs (copy engines)
-        # The share of fetch time the engine's background prefetch hid under compute in the all-host run.
-        overlap = min(max(host_extra["prefetch_hidden_s"] / host_extra["prefetch_fetch_s"], 0.0), 1.0)
+        # The share of fetch time the engine's background prefetch hid under compute in the all-host run, at
+        # P=4 where a pass's first chunk cannot be hidden (cost.overlap: x (P - 1) / P), so scaled to any P.
+        hidden = host_extra["prefetch_hidden_s"] / host_extra["prefetch_fetch_s"]
+        overlap = min(max(hidden * 4 / 3, 0.0), 1.0)
     hw = replace(hw, overlap=overlap)
     link_scale, hw = _fit_links(hw, [best["host"], best["host_chunked"]])
     gat_runs = [best["gat1"], best["gat4"]]
@@ -303,7 +305,7 @@ def _engine_probe(hw: Hardware, device: torch.device, nodes: int, repeats: int =
 
 def _fit_links(hw: Hardware, runs: list[tuple[float, Plan, Problem, dict]]) -> tuple[float, Hardware]:
     """Host links as the engine sees them (an alpha-beta model): from all-host runs at a low and a high P, solve
-    ``measured = (1 - overlap) x compute + scale x byte time + transfers x transfer_op_s`` for the bandwidth
+    ``measured = (1 - overlap at P) x compute + scale x byte time + transfers x transfer_op_s`` for the bandwidth
     ``scale`` (dividing h2d and d2h) and the per-transfer latency. When the two runs cannot tell them apart (or
     the fit is not positive), no latency and the scale from the low-P run; both clipped against noise."""
     from dataclasses import replace
@@ -318,7 +320,7 @@ def _fit_links(hw: Hardware, runs: list[tuple[float, Plan, Problem, dict]]) -> t
         prediction = cost.predict(plan, problem, replace(hw, overlap=0.0, transfer_op_s=0.0))
         rows.append([sum(seconds for link, seconds in prediction.transfer_s if link != "ops"),
                      simulate(plan, problem)["transfer_ops"]])
-        targets.append(measured - (1 - hw.overlap) * prediction.compute_s)
+        targets.append(measured - (1 - cost.overlap(problem, hw)) * prediction.compute_s)
     scale, op_s = np.linalg.lstsq(np.array(rows, float), np.array(targets), rcond=None)[0]
     if not (scale > 0 and op_s >= 0):
         scale, op_s = targets[0] / rows[0][0], 0.0

@@ -10,7 +10,8 @@ transfer time prefetching can hide under compute). ``predict(plan, problem, hw)`
   summed: conservative), plus ``transfer_op_s`` per chunk-level transfer (an alpha-beta link model: on CPU the
   per-transfer cost is the prefetch hand-off and staging, ~100 us, which dominates at high P);
 - overlap: ``epoch = max(compute, compute + transfer - overlap * compute)``: prefetching hides at most
-  ``overlap`` of the compute time's worth of transfers (none at P=1: there is no next chunk to prefetch).
+  ``overlap x (P - 1) / P`` of the compute time's worth of transfers (each pass's first chunk has nothing to
+  hide behind; none at P=1).
 
 Every term is a sum of per-layer, per-intermediate and per-pair-of-intermediates costs, which is what lets
 ``solvers.optimal`` solve the placement exactly as a mixed-integer program over the same numbers
@@ -209,8 +210,11 @@ def transfer_s(link_bytes: dict[str, int], hw: Hardware) -> dict[str, float]:
 
 
 def overlap(problem: Problem, hw: Hardware) -> float:
-    """The share of compute that can hide transfers: none at P=1, where there is no next chunk to prefetch."""
-    return hw.overlap if problem.num_chunks > 1 else 0.0
+    """The share of compute that can hide transfers at this P: each pass's first chunk fetches with nothing to
+    hide behind (the engine prefetches chunk i+1 while chunk i computes), so ``overlap x (P - 1) / P``; none at
+    P=1."""
+    p = problem.num_chunks
+    return hw.overlap * (p - 1) / p
 
 
 def epoch_s(compute: float, transfer: float, hidden_share: float) -> float:

@@ -79,6 +79,12 @@ def prediction_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
         axes.plot([low, high], [low * factor, high * factor], color="grey", linewidth=0.6, linestyle="--")
     axes.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high), xlabel="measured median epoch (s)",
              ylabel="predicted epoch (s)", title="Cost model: predicted vs measured (dashed: +-25%)")
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    for axis in (axes.xaxis, axes.yaxis):  # plain seconds at 1, 2 and 5 per decade: scientific labels collide
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
     axes.legend(title="planner", fontsize="small")
     figure.savefig(path, dpi=120)
     return path
