@@ -157,6 +157,9 @@ class Config:
     runs_dir: str = "${oc.env:FLEXGNN_RUNS_DIR,runs}"
     # `planner=NAME` (conf/planner/): the flexgnn engine's plan solver; null = the system file's `policy`.
     planner: Any = None
+    # Index of a repeated job, no effect on training: a sweep lists `repeat: 0,1` (slowest-varying, so repeats
+    # interleave) and the reports keep each job's fastest run, the least disturbed on a shared machine.
+    repeat: int = 0
 
 
 def register_configs() -> None:

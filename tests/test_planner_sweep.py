@@ -27,9 +27,10 @@ def test_planner_sweep_composes_and_each_job_runs_its_planner(compose):
     cfg = compose(["+sweep=planner"], return_hydra_config=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     params = {key: str(value).split(",") for key, value in cfg.hydra.sweeper.params.items()}
-    assert params == {"planner": PLANNERS, "model": ["gcn", "sage", "gat"], "dataset.avg_degree": ["5", "25"],
-                      "system.device_budget_fraction": ["1.0", "0.5", "0.25", "0.0625"]}
-    assert count_jobs(cfg) == 7 * 3 * 2 * 4
+    assert params == {"repeat": ["0", "1"], "planner": PLANNERS, "model": ["gcn", "sage", "gat"],
+                      "dataset.avg_degree": ["5", "25"], "system.device_budget_fraction": ["1.0", "0.5", "0.25", "0.0625"]}
+    assert list(params)[0] == "repeat"  # slowest-varying: the whole grid runs once before any job repeats
+    assert count_jobs(cfg) == 2 * 7 * 3 * 2 * 4
     assert (CONF / "sweep" / "planner.yaml").read_text().splitlines()[1] == "# python -m harness +sweep=planner"
     for name in PLANNERS:  # the planner group, not the system file's default policy, decides each job's solver
         settings = validate(compose(["+sweep=planner", f"planner={name}", "model=gat",
@@ -116,7 +117,7 @@ def test_tiny_planner_sweep_records_infeasible_jobs_and_writes_the_planner_table
                                                                                  mlflow_client):
     harness_dirs.env["OMP_NUM_THREADS"] = "1"  # tiny kernels: 2 threads on a busy 2-core machine stall for seconds
     # A datasheet profile: plans that do not depend on this machine's calibration (nor measure one).
-    done = run_harness("+sweep=planner", "+debug=fast", "planner=all_device,optimal", "model=gcn",
+    done = run_harness("+sweep=planner", "+debug=fast", "repeat=0", "planner=all_device,optimal", "model=gcn",
                        "dataset.avg_degree=5", "system.device_budget_fraction=1.0,0.5", "hardware.profile=h200")
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
@@ -151,4 +152,4 @@ def test_tiny_planner_sweep_records_infeasible_jobs_and_writes_the_planner_table
     assert len(children) == 4 and all(child.info.status == "FINISHED" for child in children)
     (tagged,) = [child for child in children if child.data.tags.get("status") == "infeasible"]
     assert "device needs" in tagged.data.tags["error"] and tagged.data.params["planner.name"] == "all_device"
-    assert "infeasible: planner=all_device" in done.stderr and "1 infeasible, 3 ok, 0 failed" in done.stderr
+    assert "infeasible: repeat=0 planner=all_device" in done.stderr and "1 infeasible, 3 ok, 0 failed" in done.stderr
