@@ -264,7 +264,13 @@ class Engine:
     def _forward_conv(self, layer: int, order: str) -> None:
         p = self.params
         weight, bias = p[self._weight_name(layer)], p[self._bias_name(layer)]
-        names = [f"h{layer}", f"agg{layer}", f"t{layer}"]
+        if order == "aggregate_first":  # only what _conv_inputs reads: an off-device buffer it does not read must
+            # not start the prefetch thread (h0 on the host cost 40% of a small GCN epoch when agg0 was reused)
+            reused = layer == 0 and f"agg{layer}" in self.buffers and self.agg0_ready
+            names = [f"agg{layer}" if reused else f"h{layer}"]
+        else:
+            names = [f"t{layer}" if f"t{layer}" in self.buffers else f"h{layer}"]
+        names += [f"h{layer}"] * (self.kind == "sage")
         for chunk, got in self._prefetched(lambda c: self._conv_inputs(layer, order, c), names):
             chunk_dev = self._chunk(chunk)
             tracked = 0
@@ -316,7 +322,7 @@ class Engine:
         return scores, alpha
 
     def _forward_gat(self, layer: int, order: str) -> None:
-        names = [f"t{layer}", f"h{layer}"]
+        names = [f"t{layer}" if f"t{layer}" in self.buffers else f"h{layer}"]
         for chunk, got in self._prefetched(lambda c: {"t": self._gat_t_halo(layer, c)}, names):
             chunk_dev = self._chunk(chunk)
             t_halo = got["t"]
@@ -366,7 +372,10 @@ class Engine:
                 got["h_self"] = self._rows(f"h{layer}", chunk)
             return got
 
-        names = [f"grad_h{layer + 1}", f"h{layer + 1}", f"agg{layer}", f"h{layer}"]
+        names = [f"grad_h{layer + 1}", f"h{layer + 1}"]  # what fetch reads (h{layer+1}: activation gradient)
+        if order == "aggregate_first":
+            names.append(f"agg{layer}" if f"agg{layer}" in self.buffers else f"h{layer}")
+        names += [f"h{layer}"] * (self.kind == "sage")
         for chunk, got in self._prefetched(fetch, names):
             chunk_dev = self._chunk(chunk)
             g = got["g"]
@@ -414,7 +423,8 @@ class Engine:
             got["t"] = self._gat_t_halo(layer, chunk)
             return got
 
-        names = [f"grad_h{layer + 1}", f"h{layer + 1}", f"t{layer}", f"h{layer}", f"att{layer}"]
+        # what fetch reads (a stored att is read in the loop, by edge range)
+        names = [f"grad_h{layer + 1}", f"h{layer + 1}", f"t{layer}" if f"t{layer}" in self.buffers else f"h{layer}"]
         for chunk, got in self._prefetched(fetch, names):
             chunk_dev = self._chunk(chunk)
             g, t_halo = got["g"], got["t"]
