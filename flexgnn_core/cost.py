@@ -28,7 +28,8 @@ from flexgnn_core.plan import FLOAT, Plan, Problem, intermediates, link_terms, s
 LINKS = ("h2d", "d2h", "disk_read", "disk_write", "ops")  # "ops": chunk-level transfers, at transfer_op_s each
 RATE_FIELDS = ("agg_edge_width_per_s", "matmul_flop_per_s", "memory_bytes_per_s", "h2d_bytes_per_s",
                "d2h_bytes_per_s", "disk_read_bytes_per_s", "disk_write_bytes_per_s")
-OPTIONAL_RATES = ("gat_edge_head_per_s", "gat_edge_per_s", "gather_bytes_per_s", "gat_softmax_edge_head_per_s")  # 0: derived or not modelled
+# 0: derived from another rate, or the term is not modelled
+OPTIONAL_RATES = ("gat_edge_head_per_s", "gat_edge_per_s", "gather_bytes_per_s", "gat_softmax_edge_head_per_s")
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) 
     if recomputed:  # transform only the halo rows inside each aggregation step (twice for GAT: fwd and bwd),
         # gathering h's halo rows instead (GAT: in place of t's, already in the layer's base)
         halo, passes = problem.sum_halo_rows, (2 if problem.kind == "gat" else 1)
-        gathered = halo_s(hw, halo, d) - (halo_s(hw, halo, t) if problem.kind == "gat" and problem.num_chunks > 1 else 0)
+        t_gathers = problem.kind == "gat" and problem.num_chunks > 1
+        gathered = halo_s(hw, halo, d) - (halo_s(hw, halo, t) if t_gathers else 0.0)
         return passes * (mm_s(hw, halo, d, t) + gathered)
     return mm_s(hw, n, d, t) + problem.num_chunks * hw.step_overhead_s
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -174,46 +173,11 @@ class Engine:
         return [t for t in tensors if isinstance(t, Tensor) and t.untyped_storage().data_ptr() not in owned]
 
     def _prefetched(self, fetch: Callable[[Chunk], dict], names: list[str]) -> Iterator[tuple[Chunk, dict]]:
-        """``(chunk, fetch(chunk))`` in order; the next chunk's fetch runs in a background thread when any of
-        ``names`` lives off the device (on CUDA on a side stream), and the hidden transfer time is counted."""
+        """``(chunk, fetch(chunk))`` in order; fetched one chunk ahead in the background when any of ``names``
+        (the buffers ``fetch`` reads) lives off the device (``TierStore.prefetched``)."""
         off_device = any(self.buffers[n].tier != "device" for n in names if n in self.buffers)
-        if not (self.prefetch and off_device and len(self.chunks) > 1):
-            for chunk in self.chunks:
-                fetched = fetch(chunk)
-                held = self.store.track(*self._fresh(*fetched.values()))
-                yield chunk, fetched
-                self.store.untrack(held)
-            return
-        counters = self.store.counters
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        compute = torch.cuda.current_stream(self.device) if stream is not None else None
-
-        def timed(chunk: Chunk) -> tuple[dict, int]:
-            start = time.perf_counter()
-            if stream is None:
-                out = fetch(chunk)
-            else:
-                stream.wait_stream(compute)  # read only what the compute stream has finished writing
-                with torch.cuda.stream(stream):
-                    out = fetch(chunk)
-                stream.synchronize()
-            counters.fetch_s += time.perf_counter() - start
-            return out, self.store.track(*self._fresh(*out.values()))  # in flight counts as device memory
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(timed, self.chunks[0])
-            for i, chunk in enumerate(self.chunks):
-                start = time.perf_counter()
-                fetched, held = future.result()
-                if stream is not None:  # memory made on the side stream is now used on the compute stream
-                    for value in fetched.values():
-                        if isinstance(value, Tensor) and value.is_cuda:
-                            value.record_stream(compute)
-                counters.wait_s += time.perf_counter() - start
-                if i + 1 < len(self.chunks):
-                    future = pool.submit(timed, self.chunks[i + 1])
-                yield chunk, fetched
-                self.store.untrack(held)
+        background = self.prefetch and off_device and len(self.chunks) > 1
+        return self.store.prefetched(self.chunks, fetch, background, self._fresh)
 
     def _aggregate(self, chunk: Chunk, source: Tensor, whole: bool) -> Tensor:
         matrix = chunk.matrix(chunk.values, self.num_nodes if whole else None)
