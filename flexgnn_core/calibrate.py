@@ -238,13 +238,14 @@ def _fit_compute(hw: Hardware, runs: list[tuple[float, Plan, Problem, dict]]) ->
         total = cost.predict(plan, problem, hw).compute_s
         agg = 2 * (total - cost.predict(plan, problem, replace(hw, agg_edge_width_per_s=2 * hw.agg_edge_width_per_s))
                    .compute_s)
-        steps = (total - cost.predict(plan, problem, replace(hw, step_overhead_s=0.0)).compute_s) / hw.step_overhead_s
-        rows.append([agg, total - agg - steps * hw.step_overhead_s, steps])
+        no_steps = cost.predict(plan, problem, replace(hw, step_overhead_s=0.0)).compute_s
+        steps = cost.predict(plan, problem, replace(hw, step_overhead_s=1.0)).compute_s - no_steps  # step count
+        rows.append([agg, no_steps - agg, steps])
         measured.append(seconds)
     a, b, step = np.linalg.lstsq(np.array(rows), np.array(measured), rcond=None)[0]
-    if not (a > 0 and b > 0 and step > 0):
+    if not (a > 0 and b > 0 and step > 0):  # one common scale for everything, the step overhead included
         a = b = sum(measured) / sum(row[0] + row[1] + row[2] * hw.step_overhead_s for row in rows)
-        step = hw.step_overhead_s
+        step = a * hw.step_overhead_s
     a, b = min(max(float(a), 0.05), 50.0), min(max(float(b), 0.05), 50.0)
     return replace(hw, agg_edge_width_per_s=hw.agg_edge_width_per_s / a, matmul_flop_per_s=hw.matmul_flop_per_s / b,
                    memory_bytes_per_s=hw.memory_bytes_per_s / b,
@@ -288,10 +289,11 @@ def _engine_probe(hw: Hardware, device: torch.device, nodes: int, repeats: int =
     rest_scale = before.matmul_flop_per_s / hw.matmul_flop_per_s
     overlap = hw.overlap
     if device.type != "cuda" and host_extra["prefetch_fetch_s"] > 0:  # GPU profiles keep theirs (copy engines)
-        # The share of fetch time the engine's background prefetch hid under compute in the all-host run, at
-        # P=4 where a pass's first chunk cannot be hidden (cost.overlap: x (P - 1) / P), so scaled to any P.
+        # The share of fetch time the engine's background prefetch hid under compute in the all-host run, whose
+        # passes' first chunks cannot be hidden (cost.overlap: x (P - 1) / P): scaled to the share as P grows.
         hidden = host_extra["prefetch_hidden_s"] / host_extra["prefetch_fetch_s"]
-        overlap = min(max(hidden * 4 / 3, 0.0), 1.0)
+        p = best["host"][2].num_chunks
+        overlap = min(max(hidden * p / (p - 1), 0.0), 1.0)
     hw = replace(hw, overlap=overlap)
     link_scale, hw = _fit_links(hw, [best["host"], best["host_chunked"]])
     gat_runs = [best["gat1"], best["gat4"]]

@@ -45,7 +45,7 @@ class Hardware:
     disk_read_bytes_per_s: float
     disk_write_bytes_per_s: float
     step_overhead_s: float = 0.0  # fixed cost of one chunk step (dispatch, launches)
-    overlap: float = 0.0  # fraction of compute time under which prefetched transfers hide, in [0, 1]
+    overlap: float = 0.0  # share of compute time under which prefetched transfers hide as P grows (x (P-1)/P)
     source: str = "measured"
     gat_edge_head_per_s: float = 0.0  # GAT attention (scores, softmax, weighting) per edge and head; 0: agg rate / 4
     gat_edge_per_s: float = 0.0  # GAT per-edge index work whatever the heads (gathers by src/dst); 0: none
@@ -148,7 +148,8 @@ def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> floa
             forward += attention_s(hw, e, problem.heads)
             backward += 2 * agg_s(hw, e, t) + attention_s(hw, e, problem.heads)
             # the halo rows of t gathered forward and backward (not at P=1: the halo is every row, in order), and
-            # gat_backward's elementwise passes over them (scores, d_t, d_att_src; read and write)
+            # about four elementwise passes over them, each a read and a write (the scores forward and backward,
+            # gat_backward's d_t and d_att_src)
             gathers = 0 if chunks == 1 else 2
             backward += gathers * halo_s(hw, halo, t) + 4 * 2 * halo * t * FLOAT / hw.memory_bytes_per_s
     return forward + backward + sage + elementwise + steps * hw.step_overhead_s
@@ -171,8 +172,10 @@ def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) 
     if recomputed:  # transform only the halo rows inside each aggregation step (twice for GAT: fwd and bwd),
         # gathering h's halo rows instead (GAT: in place of t's, already in the layer's base)
         halo, passes = problem.sum_halo_rows, (2 if problem.kind == "gat" else 1)
-        t_gathers = problem.kind == "gat" and problem.num_chunks > 1
-        gathered = halo_s(hw, halo, d) - (halo_s(hw, halo, t) if t_gathers else 0.0)
+        if problem.num_chunks == 1:  # one chunk reads the whole buffer in place: no gather of h, nor of t
+            gathered = 0.0
+        else:
+            gathered = halo_s(hw, halo, d) - (halo_s(hw, halo, t) if problem.kind == "gat" else 0.0)
         return passes * (mm_s(hw, halo, d, t) + gathered)
     return mm_s(hw, n, d, t) + problem.num_chunks * hw.step_overhead_s
 
@@ -188,8 +191,8 @@ def compute_s(plan: Plan, problem: Problem, hw: Hardware) -> float:
 
 # ---- transfers -------------------------------------------------------------------------------------------------
 def item_link_bytes(problem: Problem, name: str, where: str) -> dict[str, int]:
-    """Bytes per link per epoch that intermediate ``name`` on ``where`` moves whatever else is placed where
-    (``plan.link_terms`` with one condition)."""
+    """Bytes per link per epoch (and for ``ops`` the count of chunk-level transfers) that intermediate ``name`` on
+    ``where`` moves whatever else is placed where (``plan.link_terms`` with one condition)."""
     links = dict.fromkeys(LINKS, 0)
     for term in link_terms(problem):
         if len(term.when) == 1 and term.when[0][0] == name and where in term.when[0][1]:

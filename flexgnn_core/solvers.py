@@ -9,7 +9,7 @@ and, when asked, the chunk count P from a candidate set. For each P it solves on
     sum_i bytes_i x[i, device] <= device budget - fixed bytes - working set;  likewise host
     C = sum_l base_l(order) + sum compute[i, p] x[i, p]
     T = sum transfer[i, p] x[i, p] + sum transfer[a, b] y[a, b]
-    tau >= C,  tau >= C + T - overlap C;  minimise tau
+    tau >= C,  tau >= C + T - overlap (P-1)/P C;  minimise tau
 
 which is ``predict`` term for term (``cost.item_compute_s``, ``cost.item_link_bytes``), so the plan's prediction
 is the MILP optimum. A transfer that depends on two placements (``cost.pair_link_bytes``: a layer input off the
