@@ -28,7 +28,8 @@ def test_planner_sweep_composes_and_each_job_runs_its_planner(compose):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     params = {key: str(value).split(",") for key, value in cfg.hydra.sweeper.params.items()}
     assert params == {"repeat": ["0", "1"], "planner": PLANNERS, "model": ["gcn", "sage", "gat"],
-                      "dataset.avg_degree": ["5", "25"], "system.device_budget_fraction": ["1.0", "0.5", "0.25", "0.0625"]}
+                      "dataset.avg_degree": ["5", "25"],
+                      "system.device_budget_fraction": ["1.0", "0.5", "0.25", "0.0625"]}
     assert list(params)[0] == "repeat"  # slowest-varying: the whole grid runs once before any job repeats
     assert count_jobs(cfg) == 2 * 7 * 3 * 2 * 4
     assert (CONF / "sweep" / "planner.yaml").read_text().splitlines()[1] == "# python -m harness +sweep=planner"
