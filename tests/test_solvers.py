@@ -122,8 +122,9 @@ def assert_optimal_is_brute_force(problem: Problem, hw: Hardware) -> None:
     plan = solvers.make_optimal(hw)(problem)
     expected = brute_force(problem, hw)
     assert plan.feasible == (expected < float("inf"))
-    if plan.feasible:
-        assert predicted(plan, problem, hw) == pytest.approx(expected, rel=1e-9)
+    if plan.feasible:  # to HiGHS's tolerances (1e-6 relative on the scaled rows): two plans 1e-10 s apart on a
+        # 1e-4 s epoch may tie (hypothesis found one: recompute GAT attention or not, gpu-like rates)
+        assert predicted(plan, problem, hw) == pytest.approx(expected, rel=1e-6)
 
 
 @settings(max_examples=25, deadline=None)
