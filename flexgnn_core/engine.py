@@ -15,6 +15,7 @@ share of this problem's all-on-device peak at the configured ``num_chunks``, res
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -83,8 +84,8 @@ class Engine:
         if options["device_budget_fraction"] is not None:  # a share of what all-on-device needs at this P
             everything = simulate(solvers.SOLVERS["all_device"](self.problem), self.problem)["peak_bytes"]["device"]
             budget = math.ceil(options["device_budget_fraction"] * everything)
-            options = {**options, "device_budget_bytes": budget}
-            self._set_problem(num_chunks, options)
+            options = {**options, "device_budget_bytes": budget}  # kept for a re-plan at optimal_p's P
+            self.problem = dataclasses.replace(self.problem, device_budget_bytes=budget)
         start = time.perf_counter()
         hw = solvers.hardware_for(options["hardware"], device)
         if options["placement"] is not None:
