@@ -67,9 +67,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(record_paths: list[Path], out_dir: Path) -> list[Path]:
+def write_summary(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write ``summary.csv`` and ``summary.md`` for these records into ``out_dir``; return the two paths."""
-    rows = summarize([json.loads(Path(path).read_text()) for path in record_paths])
+    rows = summarize(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     with csv_path.open("w", newline="") as handle:
@@ -86,8 +86,8 @@ def write_reports(record_paths: list[Path], out_dir: Path) -> tuple[list[Path], 
     from harness.plots import write_plots
     from harness.report_planner import write_planner
 
-    paths = write_summary(record_paths, out_dir)
-    records = [json.loads(Path(path).read_text()) for path in record_paths]
+    records = [json.loads(Path(path).read_text()) for path in record_paths]  # read once for every table and plot
+    paths = write_summary(records, out_dir)
     planner_paths, planner = write_planner(records, out_dir)
     return [*paths, *planner_paths, *write_plots(records, out_dir)], planner
 
