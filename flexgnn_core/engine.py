@@ -168,17 +168,12 @@ class Engine:
             return buffer.data, True
         return buffer.read(chunk.halo), False
 
-    def _fresh(self, *tensors: Tensor) -> list[Tensor]:
-        """The tensors that are new device memory (not views of a device-resident buffer), for accounting."""
-        owned = {b.data.untyped_storage().data_ptr() for b in self.buffers.values() if b.tier == "device"}
-        return [t for t in tensors if isinstance(t, Tensor) and t.untyped_storage().data_ptr() not in owned]
-
     def _prefetched(self, fetch: Callable[[Chunk], dict], names: list[str]) -> Iterator[tuple[Chunk, dict]]:
         """``(chunk, fetch(chunk))`` in order; fetched one chunk ahead in the background when any of ``names``
         (the buffers ``fetch`` reads) lives off the device (``TierStore.prefetched``)."""
         off_device = any(self.buffers[n].tier != "device" for n in names if n in self.buffers)
         background = self.prefetch and off_device and len(self.chunks) > 1
-        return self.store.prefetched(self.chunks, fetch, background, self._fresh)
+        return self.store.prefetched(self.chunks, fetch, background)
 
     def _aggregate(self, chunk: Chunk, source: Tensor, whole: bool) -> Tensor:
         matrix = chunk.matrix(chunk.values, self.num_nodes if whole else None)
@@ -353,7 +348,7 @@ class Engine:
                                                        g @ p[f"convs.{layer}.lin_r.weight"])
             if order == "aggregate_first":
                 agg = got["agg"] if "agg" in got else self._aggregate(chunk_dev, got["h_src"], got["whole"])
-                tracked += self.store.track(*self._fresh(agg)) if "agg" not in got else 0
+                tracked += self.store.track(*self.store.fresh(agg)) if "agg" not in got else 0
                 grads[weight_name] += g.t() @ agg
                 if layer > 0:
                     d_agg = g @ p[weight_name]

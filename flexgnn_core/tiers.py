@@ -183,16 +183,21 @@ class TierStore:
     def untrack(self, nbytes: int) -> None:
         self.counters.release("device", nbytes)
 
-    def prefetched(self, items: Sequence[Any], fetch: Callable[[Any], dict], background: bool,
-                   fresh: Callable[..., list[Tensor]]) -> Iterator[tuple[Any, dict]]:
+    def fresh(self, *tensors: Tensor) -> list[Tensor]:
+        """The tensors that are new device memory (not views of a device-resident buffer), for accounting."""
+        owned = {b.data.untyped_storage().data_ptr() for b in self.buffers.values() if b.tier == "device"}
+        return [t for t in tensors if isinstance(t, Tensor) and t.untyped_storage().data_ptr() not in owned]
+
+    def prefetched(self, items: Sequence[Any], fetch: Callable[[Any], dict],
+                   background: bool) -> Iterator[tuple[Any, dict]]:
         """``(item, fetch(item))`` in order. With ``background``, the next item's fetch runs in a worker thread
         while the caller computes on this one (on CUDA on a side stream, so copies overlap kernels); the time
         fetches took, the time the caller waited and so the time hidden are counted. What a fetch returns is
-        device working memory while held (``fresh`` picks the tensors that are new memory, not buffer views)."""
+        device working memory while held (``fresh``: the tensors that are new memory, not buffer views)."""
         if not background:
             for item in items:
                 fetched = fetch(item)
-                held = self.track(*fresh(*fetched.values()))
+                held = self.track(*self.fresh(*fetched.values()))
                 yield item, fetched
                 self.untrack(held)
             return
@@ -210,7 +215,7 @@ class TierStore:
                     out = fetch(item)
                 stream.synchronize()
             counters.fetch_s += time.perf_counter() - start
-            return out, self.track(*fresh(*out.values()))  # in flight counts as device memory
+            return out, self.track(*self.fresh(*out.values()))  # in flight counts as device memory
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             future = pool.submit(timed, items[0])
