@@ -32,13 +32,11 @@ import argparse
 import dataclasses
 import datetime
 import json
-import multiprocessing.connection
 import os
 import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -51,88 +49,14 @@ from torch import Tensor
 
 from baselines.ddp_halo import (PARTITIONS, CommCounters, LocalGraph, Shard, aggregation_csr, build_shard, forward,
                                 partition_vertices)
+from baselines.ddp_options import HARDWARE_KEYS, DDPOptions, backend_for, rank_device  # noqa: F401 (registry reads it)
+from baselines.ddp_supervise import DistributedJobError, stop, supervise, watch_parent  # noqa: F401 (raised here)
+from flexgnn_core import models
 from flexgnn_core.loop import timed_training
 from flexgnn_core.memory import PeakMemoryMeter
 from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
 
 SYSTEM = "ddp"
-HARDWARE_KEYS = ("device_budget_bytes", "host_budget_bytes", "disk_dir")  # passed by the harness, not used here
-
-
-class DistributedJobError(RuntimeError):
-    """A rank failed or the job timed out; the message carries the first failing rank's error and traceback."""
-
-    def __init__(self, message: str, rank_pids: list[int]):
-        super().__init__(message)
-        self.rank_pids = rank_pids
-
-
-@dataclasses.dataclass(frozen=True)
-class DDPOptions:
-    """``conf/system/ddp.yaml`` as a typed value; every field is validated with an error naming ``system.<key>``."""
-
-    world_size: int = 2
-    partition: str = "metis"
-    backend: str = "auto"  # auto = nccl on CUDA, gloo on CPU
-    timeout_s: float = 120.0  # collective timeout: a stuck peer fails the job after this long
-    master_addr: str = "127.0.0.1"
-    master_port: int | None = None  # None = pick a free port
-    start_method: str = "forkserver"  # forkserver imports torch once per parent; spawn is the portable fallback
-    launch: str = "spawn"  # spawn = train() starts the ranks; env = join a world started by torchrun
-    cache_input_aggregation: bool = True  # layer 0's A X computed (and its halo fetched) once, not every epoch
-    job_timeout_s: float | None = None  # whole-job limit (tests); None = none
-    fail_rank: int | None = None  # fault injection: this rank fails ...
-    fail_epoch: int = 0  # ... at the start of this epoch ...
-    fail_mode: str = "raise"  # ... by raising, by exiting without a record ("exit"), or by hanging ("hang")
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> "DDPOptions":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names - set(HARDWARE_KEYS) - {"name"})
-        if unknown:
-            raise ValueError(f"system.{unknown[0]} is not a ddp option; valid: {', '.join(sorted(names))}")
-        return cls(**{k: v for k, v in options.items() if k in names})
-
-    def __post_init__(self) -> None:
-        def bad(key: str, why: str) -> None:
-            raise ValueError(f"system.{key}={getattr(self, key)!r}: {why}")
-
-        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
-            bad("world_size", "must be an integer >= 1 (the number of ranks, one device each)")
-        if self.partition not in PARTITIONS:
-            bad("partition", f"unknown; valid: {', '.join(PARTITIONS)}")
-        if self.backend not in ("auto", "gloo", "nccl"):
-            bad("backend", "unknown; valid: auto, gloo, nccl")
-        if not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
-            bad("timeout_s", "must be a positive number of seconds")
-        if self.master_port is not None and not (isinstance(self.master_port, int) and 0 < self.master_port < 65536):
-            bad("master_port", "must be null (pick a free port) or a port number in 1..65535")
-        if self.start_method not in ("forkserver", "spawn"):
-            bad("start_method", "unknown; valid: forkserver, spawn")
-        if self.launch not in ("spawn", "env"):
-            bad("launch", "unknown; valid: spawn (train starts the ranks), env (inside torchrun)")
-        if not isinstance(self.cache_input_aggregation, bool):
-            bad("cache_input_aggregation", "must be true or false")
-        if self.job_timeout_s is not None and self.job_timeout_s <= 0:
-            bad("job_timeout_s", "must be null or a positive number of seconds")
-        if self.fail_rank is not None and not 0 <= self.fail_rank < self.world_size:
-            bad("fail_rank", f"must be null or a rank in [0, {self.world_size})")
-        if self.fail_mode not in ("raise", "exit", "hang"):
-            bad("fail_mode", "unknown; valid: raise, exit, hang")
-
-
-def _backend(opts: DDPOptions, device: torch.device) -> str:
-    backend = opts.backend if opts.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-    if backend == "nccl" and device.type != "cuda":
-        raise ValueError("system.backend=nccl needs CUDA devices; use system.backend=gloo (or auto) on CPU")
-    return backend
-
-
-def _rank_device(device: torch.device, local_rank: int) -> torch.device:
-    if device.type != "cuda":
-        return device
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
 
 
 # ----------------------------------------------------------------------------------------------- one rank's training
@@ -167,8 +91,7 @@ def _run_rank(shard: Shard, model: ModelSpec, params: Mapping[str, Tensor], trai
         _inject_fault(opts, rank, epoch)
         before = counters.snapshot()
         optimizer.zero_grad(set_to_none=False)
-        logits = forward(model.kind, weights, model.num_layers, x, graph, shard, counters, model.dropout, True,
-                         cache)
+        logits = forward(model, weights, x, graph, shard, counters, model.dropout, True, cache)
         loss = F.cross_entropy(logits[train_rows], y[train_rows], reduction="sum") / shard.num_train_global
         loss.backward()
         grads = [w.grad for w in weights.values()]
@@ -185,7 +108,7 @@ def _run_rank(shard: Shard, model: ModelSpec, params: Mapping[str, Tensor], trai
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
-        logits = forward(model.kind, weights, model.num_layers, x, graph, shard, counters, cache=cache)
+        logits = forward(model, weights, x, graph, shard, counters, cache=cache)
         correct = logits.argmax(dim=-1) == y
         counts = torch.tensor([[float((correct & m).sum()), float(m.sum())] for m in masks.values()], device=device)
         counters.all_reduce(counts)
@@ -239,25 +162,12 @@ def _combine(base: RunResult, records: list[dict], opts: DDPOptions, backend: st
 
 # ----------------------------------------------------------------------------------- ranks started by train() itself
 
-def _watch_parent(launcher_pid: int) -> None:
-    """Exit if the launching process disappears, so that no rank outlives a killed parent."""
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(launcher_pid, 0)
-            except ProcessLookupError:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _spawned_rank(rank: int, job_dir: str, launcher_pid: int, launched_at: float) -> None:
-    _watch_parent(launcher_pid)
+    watch_parent(launcher_pid)
     try:
         job = torch.load(Path(job_dir) / f"rank{rank}.pt", weights_only=False)
         opts: DDPOptions = job["opts"]
-        device = _rank_device(torch.device(job["device"]), rank)
+        device = rank_device(torch.device(job["device"]), rank)
         if device.type == "cpu":  # ranks on one host share its cores instead of each starting one thread per core
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.world_size))
         dist.init_process_group(job["backend"], init_method=f"tcp://{opts.master_addr}:{job['port']}", rank=rank,
@@ -285,63 +195,6 @@ def _free_port(addr: str, port: int | None) -> int:
         return probe.getsockname()[1]
 
 
-def _failure_message(job_dir: Path, processes: list, reason: str, stopped: set[int]) -> str:
-    """The root cause first: a rank that died without a record (crash, signal, out of memory) is what its peers'
-    "connection closed" errors follow from; otherwise the earliest recorded error, with its traceback."""
-    errors = sorted((json.loads(p.read_text()) for p in job_dir.glob("error*.json")), key=lambda e: e["time"])
-    recorded = {e["rank"] for e in errors}
-    context = f"({reason}; exit codes " + ", ".join(f"rank {r}: {p.exitcode}" for r, p in enumerate(processes))
-    context += "; negative = signal)"
-    crashed = [r for r, p in enumerate(processes) if p.exitcode not in (0, None) and r not in recorded | stopped]
-    if crashed:
-        lines = [f"ddp job failed: rank {crashed[0]} exited with code {processes[crashed[0]].exitcode} without an "
-                 "error record (crashed, killed by a signal or out of memory)", context]
-    elif errors:
-        first, errors = errors[0], errors[1:]
-        lines = [f"ddp job failed: rank {first['rank']} raised {first['type']}: {first['message']}", context,
-                 f"--- traceback of rank {first['rank']} ---", first["traceback"]]
-    else:
-        lines = ["ddp job failed and no rank left an error record", context]
-    for other in errors:
-        lines.append(f"--- then rank {other['rank']}: {other['type']}: {other['message'].splitlines()[0][:300]}")
-    return "\n".join(lines)
-
-
-def _supervise(processes: list, job_dir: Path, opts: DDPOptions) -> None:
-    """Wait for the ranks; on the first failure give the others a moment to record theirs, then stop them all."""
-    start = time.monotonic()
-    pending = {p.sentinel: p for p in processes}
-    reason = None
-    while pending and reason is None:
-        for sentinel in multiprocessing.connection.wait(list(pending), timeout=0.5):
-            process = pending.pop(sentinel)
-            process.join()
-            if process.exitcode != 0 and reason is None:
-                reason = f"rank {processes.index(process)} exited with code {process.exitcode}"
-        if opts.job_timeout_s is not None and time.monotonic() - start > opts.job_timeout_s:
-            reason = f"job exceeded system.job_timeout_s={opts.job_timeout_s}"
-    if reason is None:
-        return
-    grace = time.monotonic() + min(5.0, opts.timeout_s)
-    while any(p.is_alive() for p in processes) and time.monotonic() < grace:
-        time.sleep(0.05)
-    stopped = _stop(processes)
-    raise DistributedJobError(_failure_message(job_dir, processes, reason, stopped), [p.pid for p in processes])
-
-
-def _stop(processes: list) -> set[int]:
-    """Terminate, then kill, every rank still running; returns the ranks that had to be stopped."""
-    stopped = {r for r, p in enumerate(processes) if p.is_alive()}
-    for r in stopped:
-        processes[r].terminate()
-    for r in stopped:
-        processes[r].join(timeout=2.0)
-        if processes[r].is_alive():
-            processes[r].kill()
-            processes[r].join()
-    return stopped
-
-
 def _prepare(graph: Graph, model: ModelSpec, world_size: int, partition: str, seed: int) -> tuple[Tensor, tuple]:
     parts = partition_vertices(graph, world_size, partition, seed)
     return parts, aggregation_csr(graph, model.kind)
@@ -354,7 +207,7 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
     if opts.launch == "env":
         return _train_in_env_world(graph, model, params, train, opts)
     device = resolve_device(train.device)
-    backend = _backend(opts, device)
+    backend = backend_for(opts, device)
     if device.type == "cuda" and opts.world_size > torch.cuda.device_count():
         raise ValueError(f"system.world_size={opts.world_size} but only {torch.cuda.device_count()} CUDA device(s) "
                          "are visible; lower system.world_size or use train.device=cpu (gloo)")
@@ -382,9 +235,9 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
         try:
             for p in processes:
                 p.start()
-            _supervise(processes, job_dir, opts)
+            supervise(processes, job_dir, opts)
         finally:
-            _stop(processes)
+            stop(processes)
         result: RunResult = torch.load(job_dir / "result.pt", weights_only=False)
     result.extra["rank_pids"] = [p.pid for p in processes]
     return result
@@ -399,10 +252,10 @@ def _train_in_env_world(graph: Graph, model: ModelSpec, params: Mapping[str, Ten
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise ValueError(f"system.launch=env needs the torchrun environment; missing {', '.join(missing)}")
-    device = _rank_device(resolve_device(train.device), int(os.environ.get("LOCAL_RANK", 0)))
+    device = rank_device(resolve_device(train.device), int(os.environ.get("LOCAL_RANK", 0)))
     owns_group = not dist.is_initialized()
     if owns_group:
-        dist.init_process_group(_backend(opts, device), init_method="env://",
+        dist.init_process_group(backend_for(opts, device), init_method="env://",
                                 timeout=datetime.timedelta(seconds=opts.timeout_s))
     rank, world = dist.get_rank(), dist.get_world_size()
     start = time.perf_counter()
@@ -440,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--avg-degree", type=float, default=10.0)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--classes", type=int, default=8)
-    parser.add_argument("--model", default="gcn", choices=["gcn", "sage", "gat"])
+    parser.add_argument("--model", default="gcn", choices=list(models.names()))
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)

@@ -39,16 +39,17 @@ DEFAULT_ENV_DIR = Path.home() / ".cache" / "flexgnn-bench" / "dgl-env"
 ENV_MARKER = ".flexgnn-dgl-env-ok"  # written by scripts/make_dgl_env.sh after its import check passes
 _STDERR_TAIL_CHARS = 4000
 DEFAULT_OPTIONS: dict[str, Any] = {"env_dir": None, "graph_dir": None, "timeout_s": None}
-# Keys the harness adds for every system. A whole-graph baseline has no budgets to honour; ``disk_dir`` (null = the
-# system's choice) is where the job directory goes, so a large graph's copy lands on the disk the user chose.
-HARNESS_KEYS = ("device_budget_bytes", "host_budget_bytes", "disk_dir")
+# The hardware-group keys this system takes (harness/systems.py). A whole-graph baseline has no budgets to honour;
+# ``disk_dir`` (null = the system's choice) is where the job directory goes, so a large graph's copy lands on the
+# disk the user chose.
+HARDWARE_KEYS = ("disk_dir",)
 
 
 def parse_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Merge ``options`` over the defaults; unknown keys raise ``ValueError`` naming the valid ones."""
     options = dict(options or {})
     disk_dir = options.get("disk_dir")
-    options = {key: value for key, value in options.items() if key not in HARNESS_KEYS}
+    options = {key: value for key, value in options.items() if key not in HARDWARE_KEYS}
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise ValueError(f"system 'dgl': unknown option(s) {unknown}; valid options: "

@@ -11,14 +11,10 @@ harness agree by construction:
 
 Model semantics (all systems, fp32; ``A`` = cleaned graph: no self-loops, no duplicate edges):
 
-- GCN layer: ``H' = D^-1/2 (A + I) D^-1/2 H W^T + b`` with ``D`` the in-degree counted with the self-loop
-  (PyG ``GCNConv``, ``gcn_norm``). Edge ``u -> v`` weighs ``deg(u)^-1/2 deg(v)^-1/2``.
-- SAGE layer: ``H'_v = mean_{u in N_in(v)} H_u W_l^T + b_l + H_v W_r^T`` (PyG ``SAGEConv``, mean, root weight);
-  a vertex without in-edges aggregates zeros.
-- GAT layer: PyG ``GATConv`` with one self-loop per vertex, LeakyReLU slope 0.2, ``heads`` heads; hidden layers
-  have ``hidden // heads`` channels per head, concatenated; the last layer has ``num_classes`` channels per head,
-  averaged over heads; bias after the combination.
-- Between layers: ReLU (GCN, SAGE) or ELU (GAT), then dropout (default 0). Nothing after the last layer.
+- Layers: each model's own module in ``flexgnn_core/models/`` (``gcn``, ``sage``, ``gat``, ...) states its PyG
+  layer, equation, parameters and activation; ``flexgnn_core.models.get(kind)`` is the registry.
+- Between layers: the model's activation (ReLU; ELU for GAT), then dropout (default 0). Nothing after the last
+  layer.
 - Loss: mean cross-entropy over ``train_mask`` vertices. Optimiser: Adam(lr), no weight decay.
 - Parameters: a flat ``{name: tensor}`` dict named like the PyG baseline's ``state_dict`` (``convs.{i}.lin.weight``
   etc.), built once from the seed by ``flexgnn_core.models.init_params``; every system loads exactly these.
@@ -36,7 +32,6 @@ from torch import Tensor
 
 SCHEMA_VERSION = 1
 
-MODEL_KINDS = ("gcn", "sage", "gat")
 TIERS = ("device", "host", "disk")
 LINKS = ("h2d", "d2h", "disk_read", "disk_write", "net_send", "net_recv")
 
@@ -48,7 +43,8 @@ EPOCH_MEDIAN_S = "time/epoch_median_s"
 PREPROCESS_S = "time/preprocess_s"
 EVAL_S = "time/eval_s"
 LOAD_S = "time/load_s"
-PLAN_SOLVE_S = "plan/solve_time_s"
+PLAN_SOLVE_S = "plan/solve_s"
+PLAN_CALIBRATE_S = "plan/calibrate_s"
 DEVICE_PEAK_BYTES = "mem/device_peak_bytes"
 HOST_PEAK_BYTES = "mem/host_peak_bytes"
 
@@ -56,16 +52,6 @@ HOST_PEAK_BYTES = "mem/host_peak_bytes"
 class SystemUnavailable(RuntimeError):
     """A system that cannot run on this machine (a missing environment, library or device); the message says how
     to make it available. Single runs fail on it; sweeps record the job as skipped and go on."""
-
-
-class PlanInfeasible(ValueError):
-    """A plan that does not fit the budgets (``Plan.feasible`` is False); the message gives the reason and the
-    minimum; ``plan`` is the plan that did not fit (``Plan.to_json()``). Single runs fail on it; sweeps record the
-    job as infeasible and go on."""
-
-    def __init__(self, message: str, plan: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.plan = plan
 
 
 class GraphError(ValueError):
@@ -198,7 +184,7 @@ class Graph:
 class ModelSpec:
     """What to train: the architecture and its optimiser (semantics in the module docstring)."""
 
-    kind: str = "gcn"
+    kind: str = "gcn"  # a registered model (flexgnn_core.models.names()); checked by flexgnn_core.models.check
     num_layers: int = 2
     hidden: int = 128
     heads: int = 4
@@ -206,15 +192,12 @@ class ModelSpec:
     lr: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model.kind '{self.kind}' is unknown; valid: {', '.join(MODEL_KINDS)}")
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"model.kind must be a model name, got {self.kind!r}")
         for name in ("num_layers", "hidden", "heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.kind == "gat" and self.hidden % self.heads:
-            raise ValueError(f"model.hidden={self.hidden} must be divisible by model.heads={self.heads} for GAT "
-                             "(hidden layers concatenate heads of hidden // heads channels)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -253,7 +236,10 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class RunResult:
-    """What a system's ``train`` returns. JSON-ready except ``final_params`` (kept for parity checks)."""
+    """What a system's ``train`` returns. JSON-ready except ``final_params`` (kept for parity checks).
+
+    ``status`` is ``"ok"``, or ``"infeasible"`` when a planning system found no plan that fits its budgets: then
+    nothing was trained, ``reason`` says why and names the minimum, and ``plan`` is the plan that did not fit."""
 
     system: str
     epoch_losses: list[float]
@@ -268,6 +254,8 @@ class RunResult:
     plan: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     final_params: dict[str, Tensor] | None = None
+    status: str = "ok"
+    reason: str = ""
 
     @property
     def timed_epoch_times_s(self) -> list[float]:
@@ -281,6 +269,8 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "system": self.system,
+            "status": self.status,
+            "reason": self.reason,
             "device": self.device,
             "epoch_losses": self.epoch_losses,
             "epoch_times_s": self.epoch_times_s,

@@ -16,19 +16,21 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from flexgnn_core import models
 from flexgnn_core.data import DATASETS
+from flexgnn_core.plan import Budgets
 from flexgnn_core.spec import ModelSpec, TrainSpec
+from harness.errors import ConfigError
+from harness.systems import SYSTEMS, SystemUnavailable, hardware_keys
 
 CONF_ENV = "FLEXGNN_CONF"
 DATASET_NAMES = DATASETS  # the data layer's list is the one list of valid dataset names
 # Dataset knobs that are sizes: zero or negative is always a mistake, whatever the dataset.
 DATASET_SIZE_KEYS = ("num_nodes", "avg_degree", "num_features", "num_classes")
 HARDWARE_BYTE_KEYS = ("device_budget_bytes", "host_budget_bytes")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run; the message names the field and the fix."""
-
+# hardware-group key -> the option name a system declares in its HARDWARE_KEYS
+HARDWARE_OPTIONS = {"device_budget_bytes": "device_budget_bytes", "host_budget_bytes": "host_budget_bytes",
+                    "device_budget_fraction": "device_budget_fraction", "disk_dir": "disk_dir", "profile": "hardware"}
 
 def conf_dir() -> Path:
     """The top-level ``conf/`` of this checkout (``$FLEXGNN_CONF`` overrides, e.g. for a non-editable install)."""
@@ -107,6 +109,9 @@ class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     device_budget_bytes: Any = None  # int bytes or "512MiB" / "2GB"; null = unlimited
     host_budget_bytes: Any = None
+    # The device budget as a share of the planner's all-on-device peak, in (0, 1]; instead of
+    # device_budget_bytes (not both). Only systems that plan (flexgnn) understand it.
+    device_budget_fraction: Optional[float] = None
     disk_dir: Optional[str] = None  # null = a temporary directory chosen by the system
     # Planning what-ifs: a datasheet profile (h200, h100, a100 or gpu-link-disk such as h100-pcie4-nvme5,
     # flexgnn_core/calibrate.py) instead of this machine's measured calibration; null = measured.
@@ -123,9 +128,6 @@ class FlexgnnSystemConfig:
     reorder: str = "none"
     order: str = "auto"
     prefetch: bool = True
-    # The device budget as a share of this problem's all-on-device peak, in (0, 1]; instead of
-    # hardware.device_budget_bytes (not both); null = hardware.device_budget_bytes decides.
-    device_budget_fraction: Optional[float] = None
 
 
 @dataclass
@@ -205,19 +207,6 @@ def parse_bytes(value: Any, field_name: str) -> int | None:
     return int(number)
 
 
-def _check_budget_fraction(options: dict[str, Any]) -> None:
-    """``system.device_budget_fraction``: in (0, 1], and not together with ``hardware.device_budget_bytes``."""
-    fraction = options.get("device_budget_fraction")
-    if fraction is None:
-        return
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ConfigError(f"config field 'system.device_budget_fraction': got {fraction!r}, must be in (0, 1] (a "
-                          "share of the all-on-device peak). Fix: e.g. system.device_budget_fraction=0.25, or null")
-    if options.get("device_budget_bytes") is not None:
-        raise ConfigError("config fields 'system.device_budget_fraction' and 'hardware.device_budget_bytes' are both "
-                          "set, and each sets the device budget. Fix: drop one, e.g. hardware.device_budget_bytes=null")
-
-
 @dataclass(frozen=True)
 class Settings:
     """Everything ``run`` needs, validated: what to load, what to train, with which system and options."""
@@ -228,6 +217,8 @@ class Settings:
     train: TrainSpec
     system_name: str
     system_options: dict[str, Any]
+    # hardware-group settings this system does not use (e.g. a device budget for pyg on CPU): recorded, not fatal
+    ignored_hardware: tuple[str, ...] = ()
 
 
 def _container(node: Any, field_name: str) -> dict[str, Any]:
@@ -266,36 +257,56 @@ def validate(cfg: DictConfig) -> Settings:
     dataset_options = {key: value for key, value in dataset.items() if value is not None}
 
     model = _spec(ModelSpec, _container(cfg.get("model"), "model"), "model", ModelConfig())
+    try:
+        models.check(model)
+    except ValueError as error:
+        raise ConfigError(f"config field 'model.kind': {error}. Fix: model=<one of {', '.join(models.names())}> "
+                          "(conf/model/)") from None
     train = _spec(TrainSpec, _container(cfg.get("train"), "train"), "train", TrainConfig())
 
     system = _container(cfg.get("system"), "system")
-    from harness.systems import SYSTEMS  # the registry is the list of valid names
-
     system_name = system.pop("name", None)
-    if system_name not in SYSTEMS:
+    if system_name not in SYSTEMS:  # the registry is the list of valid names
         raise ConfigError(f"config field 'system.name': unknown system {system_name!r}; valid: "
                           f"{', '.join(SYSTEMS)}. Fix: system=<one of those>")
-    hardware = _container(cfg.get("hardware"), "hardware")
-    # Hardware settings join the system's options only when set: null (unlimited, temp dir) is the absence of
-    # a key, so systems that take no budgets (pyg, which rejects unknown options) run under the default hardware.
-    options = dict(system)
-    for key in HARDWARE_BYTE_KEYS:
-        options[key] = parse_bytes(hardware.get(key), f"hardware.{key}")
-    options["disk_dir"] = hardware.get("disk_dir")
-    options["hardware"] = hardware.get("profile")
-    if options["hardware"] is not None and system_name != "flexgnn":
-        raise ConfigError(f"config field 'hardware.profile': a datasheet profile only steers the flexgnn planner, "
-                          f"but system={system_name}. Fix: add system=flexgnn or drop hardware.profile=")
+    hardware, ignored = _hardware_options(_container(cfg.get("hardware"), "hardware"), system_name)
+    options = {**system, **hardware}
     planner = cfg.get("planner")
     if planner is not None:
         if system_name != "flexgnn":
             raise ConfigError(f"config field 'planner': planner={planner.get('name')} plans the flexgnn engine, but "
                               f"system={system_name}. Fix: add system=flexgnn or drop planner=")
         options["policy"] = planner.get("name")
-    _check_budget_fraction(options)
-    options = {key: value for key, value in options.items() if value is not None or key in system}
     if train.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", train.device):
         raise ConfigError(f"config field 'hardware.device': got {train.device!r}. Fix: hardware.device=auto, cpu, "
                           "cuda or cuda:N")
     return Settings(dataset_name=dataset_name, dataset_options=dataset_options, model=model, train=train,
-                    system_name=system_name, system_options=options)
+                    system_name=system_name, system_options=options, ignored_hardware=tuple(ignored))
+
+
+def _hardware_options(hardware: dict[str, Any], system_name: str) -> tuple[dict[str, Any], list[str]]:
+    """Budgets parsed and validated once (``flexgnn_core.plan.Budgets``), then the hardware keys the system
+    declares as its options; set keys it does not take are listed as ignored (a profile is an error: it only
+    steers a planner)."""
+    values = {key: parse_bytes(hardware.get(key), f"hardware.{key}") for key in HARDWARE_BYTE_KEYS}
+    values["device_budget_fraction"] = hardware.get("device_budget_fraction")
+    try:
+        Budgets(**values)
+    except ValueError as error:
+        field_name = re.search(r"hardware\.(\w+)", str(error))
+        key = field_name.group(1) if field_name else "device_budget_bytes"
+        raise ConfigError(f"config field 'hardware.{key}': {error}. Fix: e.g. hardware.{key}=null, or a value in "
+                          "range (budgets: a size like 512MiB; fraction: in (0, 1])") from None
+    values["disk_dir"], values["profile"] = hardware.get("disk_dir"), hardware.get("profile")
+    try:
+        takes = hardware_keys(system_name)
+    except SystemUnavailable:  # the run says why the system cannot run (a sweep records it as skipped)
+        takes = ()
+    if values["profile"] is not None and HARDWARE_OPTIONS["profile"] not in takes:
+        raise ConfigError(f"config field 'hardware.profile': a datasheet profile only steers the flexgnn planner, "
+                          f"but system={system_name}. Fix: add system=flexgnn or drop hardware.profile=")
+    chosen = {HARDWARE_OPTIONS[key]: value for key, value in values.items()
+              if value is not None and HARDWARE_OPTIONS[key] in takes}
+    ignored = [f"hardware.{key}" for key, value in values.items()
+               if value is not None and HARDWARE_OPTIONS[key] not in takes]
+    return chosen, ignored

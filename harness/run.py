@@ -20,10 +20,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flexgnn_core.spec import PlanInfeasible
 from harness import record as records
 from harness.config import ConfigError, Settings, validate
-from harness.systems import SystemUnavailable, get_train_fn, preflight
+from harness.systems import SystemUnavailable, calibrate, get_train_fn, preflight
 from harness.tracking import PARENT_ID_FILE, Store
 
 RECORDS_SUBDIR = "records"
@@ -53,6 +52,8 @@ def _train(settings: Settings, train_fn: Any) -> tuple[dict[str, Any], dict[str,
     from flexgnn_core.models import init_params
     from flexgnn_core.spec import resolve_device
 
+    device = resolve_device(settings.train.device)
+    options, calibrate_s = calibrate(settings.system_name, settings.system_options, device)
     start = time.perf_counter()
     graph = load_dataset(settings.dataset_name, **settings.dataset_options)
     load_s = time.perf_counter() - start
@@ -63,12 +64,22 @@ def _train(settings: Settings, train_fn: Any) -> tuple[dict[str, Any], dict[str,
              graph.num_features, graph.num_classes, settings.train.epochs, settings.train.warmup_epochs,
              settings.train.device, load_s)
     params = init_params(settings.model, graph.num_features, graph.num_classes, settings.train.seed)
-    with PeakMemoryMeter(resolve_device(settings.train.device)) as meter:
-        result = train_fn(graph, settings.model, params, settings.train, dict(settings.system_options))
+    with PeakMemoryMeter(device) as meter:
+        result = train_fn(graph, settings.model, params, settings.train, options)
     # A system that measures itself (e.g. worker processes) wins over the harness's in-process meter.
     result.peak_bytes = {**meter.peak_bytes, **{k: v for k, v in result.peak_bytes.items() if v is not None}}
     result.timings_s = {"load": load_s, **result.timings_s}
+    if calibrate_s:  # measured (or loaded) before the data, by the harness's calibration step
+        result.timings_s["calibrate"] = calibrate_s + result.timings_s.get("calibrate", 0.0)
     return stats, result.to_json()
+
+
+def _takes(system_name: str) -> tuple[str, ...]:
+    from harness.config import HARDWARE_OPTIONS
+    from harness.systems import hardware_keys
+
+    keys = hardware_keys(system_name)
+    return tuple(key for key, option in HARDWARE_OPTIONS.items() if option in keys)
 
 
 def _secondary_rank(settings: Settings) -> bool:
@@ -88,6 +99,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"config field 'hardware.device': {error}") from None
     config = OmegaConf.to_container(cfg, resolve=True)
     job = _hydra_job()
+    for key in settings.ignored_hardware:
+        log.warning("%s is set but system %s does not use it (it takes %s); use hardware.memory_cap for a hard "
+                    "cap on any system", key, settings.system_name,
+                    ", ".join(f"hardware.{k}" for k in _takes(settings.system_name)) or "no hardware keys")
     git = records.git_info()
     common = dict(config=config, settings=settings, started=started, overrides=job.get("overrides"), git=git,
                   tracking=None)  # what every record of this job shares; tracking is set once MLflow has a run
@@ -118,14 +133,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     common["tracking"] = tracking
     try:
         graph_stats, result = _train(settings, train_fn)
-    except PlanInfeasible as error:
-        if not job.get("multirun"):  # a single run fails with the reason and the minimum budget
-            _record_failure(error, common, job, store, run_id)
-            raise
-        return _record_infeasible(error, common, job, runs_dir, store, run_id, config_yaml)
+        if result["status"] == "infeasible" and not job.get("multirun"):  # a single run fails, naming the minimum
+            raise ValueError(result["reason"])
     except BaseException as error:
         _record_failure(error, common, job, store, run_id)
         raise
+    if result["status"] == "infeasible":  # in a sweep, "this plan cannot fit this budget" is a result
+        return _record_infeasible(result, common, job, runs_dir, store, run_id, config_yaml)
     record = records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
     stable = _write(record, runs_dir, job)
     if store:
@@ -165,12 +179,13 @@ def _record_failure(error: BaseException, common: dict[str, Any], job: dict[str,
         store.fail_run(run_id, error, status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
 
-def _record_infeasible(error: PlanInfeasible, common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
+def _record_infeasible(result: dict[str, Any], common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
                        store: Store | None, run_id: str | None, config_yaml: str) -> dict[str, Any]:
     """A sweep's job whose plan does not fit: a ``status: infeasible`` record (the reason, no result) kept like an
     ok one, since "this solver cannot fit this budget" is a result; its MLflow run tagged and finished."""
-    record = records.build_record(graph_stats=None, result=None, status="infeasible", error=str(error), **common)
-    record["plan"] = records.jsonable(error.plan)  # what the solver proposed, with the budget it had to fit
+    error = result["reason"]
+    record = records.build_record(graph_stats=None, result=None, status="infeasible", error=error, **common)
+    record["plan"] = records.jsonable(result["plan"])  # what the solver proposed, with the budget it had to fit
     _write(record, runs_dir, job)
     if store:
         store.log_record(run_id, record, config_yaml)

@@ -143,8 +143,9 @@ def metrics_of(record: dict[str, Any]) -> list[tuple[str, float, int]]:
     for split, accuracy in (result.get("accuracy") or {}).items():
         rows.append((f"{split}/acc", accuracy, 0))
     rows.append((spec.EPOCH_MEDIAN_S, result.get("median_epoch_s"), 0))
+    planning = {"solve": spec.PLAN_SOLVE_S, "calibrate": spec.PLAN_CALIBRATE_S}  # apart from the run's own times
     for name, seconds in (result.get("timings_s") or {}).items():
-        rows.append((spec.PLAN_SOLVE_S if name == "plan" else f"time/{name}_s", seconds, 0))
+        rows.append((planning.get(name, f"time/{name}_s"), seconds, 0))
     peak = result.get("peak_bytes") or {}
     rows += [(spec.DEVICE_PEAK_BYTES, peak.get("device"), 0), (spec.HOST_PEAK_BYTES, peak.get("host"), 0)]
     for tier, size in (result.get("tier_peak_bytes") or {}).items():

@@ -1,9 +1,11 @@
-"""Exactness of the FlexGNN engine (the contract): chunked, tiered, recomputed training equals the PyG baseline.
+"""Exactness of the FlexGNN system (the contract): chunked, tiered, recomputed training equals the PyG baseline.
 
 With the shared initial weights, per-epoch losses over 4 Adam epochs and the final weights must match PyG's
-in-memory training (``baselines/pyg_fullgraph.py``, sparse CSR path) within 1e-5 relative (fp32; parameters
-also with a 1e-6 absolute floor), on ``tricky_graph`` (isolated vertices, vertices without in-edges, hubs,
-directed edges), for GCN, SAGE and GAT (2 and 3 layers, 2 heads), P from 1 to one vertex per chunk, every policy.
+in-memory training (``baselines/pyg_fullgraph.py``) within 1e-5 relative (fp32; parameters also with a 1e-6
+absolute floor), on ``tricky_graph`` (isolated vertices, vertices without in-edges, hubs, directed edges), for
+every registered model (2 and 3 layers, 2 heads), P from 1 to one vertex per chunk, every registered solver (the
+cost-model solvers plan on a fixed datasheet profile, so no calibration runs and plans do not depend on this
+machine).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import pytest
 import torch
 
 from baselines import pyg_fullgraph
-from flexgnn_core import engine
+from flexgnn_core import models, system
 from flexgnn_core.models import init_params
-from flexgnn_core.plan import SOLVERS
+from flexgnn_core.plan.solvers import SOLVERS
 from flexgnn_core.spec import ModelSpec, TrainSpec
 from graphs import tricky_graph
 
@@ -54,26 +56,32 @@ def _assert_matches(result, reference) -> None:
 
 def _run(kind: str, layers: int, **options):
     params, reference = _reference(kind, layers)
-    result = engine.train(GRAPH, _model(kind, layers), params, TRAIN, {"print_plan": False, **options})
+    options = {"print_plan": False, "hardware": "h200", **options}
+    result = system.train(GRAPH, _model(kind, layers), params, TRAIN, options)
     return result, reference
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 @pytest.mark.parametrize("layers", [2, 3])
 @pytest.mark.parametrize("policy", sorted(SOLVERS))
 @pytest.mark.parametrize("num_chunks", [1, 5, 48])
 def test_every_policy_and_chunking_matches_pyg(kind, layers, policy, num_chunks):
     result, reference = _run(kind, layers, policy=policy, num_chunks=num_chunks)
     _assert_matches(result, reference)
-    assert result.plan["policy"] == policy and result.plan["num_chunks"] == num_chunks
+    assert result.plan["policy"] == policy
+    assert result.plan["num_chunks"] == num_chunks or policy == "optimal_p"  # optimal_p picks its own P
     predicted = result.plan["predicted_peak_bytes"]  # the simulator bounds what the engine accounts
     assert result.tier_peak_bytes["device"] <= predicted["device"]
     assert (result.tier_peak_bytes["host"], result.tier_peak_bytes["disk"]) == (predicted["host"], predicted["disk"])
     moved = sum(result.io_bytes.values())
-    assert (moved == 0) == (policy in ("all_device", "flexgnn_greedy", "recompute"))  # unlimited budget: no transfers
+    if policy in ("all_device", "flexgnn_greedy", "recompute"):  # unlimited budget: nothing leaves the device
+        assert moved == 0
+    if policy in ("all_host", "all_disk", "hongtu_like"):
+        assert moved > 0
+    # optimal may keep h0 off the device once agg0 is reused (steady-state free; test_solvers checks that)
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 @pytest.mark.parametrize("reorder", ["rcm", "metis"])
 def test_reordering_keeps_results_in_original_ids(kind, reorder):
     result, reference = _run(kind, 2, policy="all_host", num_chunks=4, reorder=reorder)
@@ -89,7 +97,7 @@ def test_both_operator_orders_match(kind, order):
     assert set(result.plan["orders"]) == {order}
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 def test_greedy_under_a_tight_budget_mixes_tiers_and_stays_within_it(kind, tmp_path):
     unlimited, _ = _run(kind, 3, policy="all_device", num_chunks=8)
     need = unlimited.plan["predicted_peak_bytes"]["device"]

@@ -13,7 +13,8 @@ import functools
 import pytest
 import torch
 
-from flexgnn_core import engine
+from flexgnn_core import models, system
+from flexgnn_core.engine import prepare
 from flexgnn_core.models import init_params
 from flexgnn_core.plan import Plan, simulate
 from flexgnn_core.spec import ModelSpec, TrainSpec
@@ -39,7 +40,7 @@ def _params(kind: str):
 def _run(kind: str, epochs: int, options: dict, tmp_path):
     model, params = _params(kind)
     spec = TrainSpec(epochs=epochs, warmup_epochs=0, progress=False, device="cpu")
-    return engine.train(GRAPH, model, params, spec, {"print_plan": False, "disk_dir": str(tmp_path), **options})
+    return system.train(GRAPH, model, params, spec, {"print_plan": False, "disk_dir": str(tmp_path), **options})
 
 
 def _budgets(kind: str, policy: str, num_chunks: int, tmp_path) -> dict:
@@ -54,7 +55,7 @@ def _budgets(kind: str, policy: str, num_chunks: int, tmp_path) -> dict:
     return {"device_budget_bytes": int(need * 0.8), "host_budget_bytes": int(need * 0.2)}
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 @pytest.mark.parametrize("policy", ["all_host", "all_disk", "recompute", "flexgnn_greedy_tight", "custom"])
 @pytest.mark.parametrize("num_chunks", [1, 5])
 def test_one_epoch_moves_exactly_the_simulated_bytes(kind, policy, num_chunks, tmp_path):
@@ -88,7 +89,6 @@ def _mixed_placement(names) -> dict[str, str]:
 
 
 def _problem(kind: str, num_chunks: int, plan: Plan):
-    """The engine's own Problem for this graph, model and P (rebuilt the way ``Engine._set_problem`` does)."""
+    """The engine's own Problem for this graph, model and P (``engine.prepare``, as the flexgnn system does)."""
     model, params = _params(kind)
-    options = {**engine.DEFAULTS, "num_chunks": num_chunks, "placement": dict(plan.placement)}
-    return engine.Engine(GRAPH, model, params, torch.device("cpu"), store=None, options=options).problem
+    return prepare(GRAPH, model, params, num_chunks).problem

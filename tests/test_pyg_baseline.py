@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from baselines import pyg_fullgraph, reference
+from flexgnn_core import models
 from flexgnn_core.models import init_params
 from flexgnn_core.spec import Graph, ModelSpec, TrainSpec
 from graphs import tricky_graph  # tests/ is on sys.path under pytest (no __init__.py)
 
 CPU = torch.device("cpu")
-KINDS = ("gcn", "sage", "gat")
+KINDS = models.names()  # every registered model
 
 
 def small_model(kind: str, num_layers: int = 2, **overrides) -> ModelSpec:
@@ -70,14 +71,15 @@ def test_reference_by_hand():
     adj = reference.dense_adjacency(graph)
     assert adj.tolist() == [[0, 0, 0], [1, 0, 0], [0, 0, 0]]
     # GCN: deg = [1, 2, 1]; vertex 1 = 1 / sqrt(1 * 2) + 2 / 2
-    gcn = reference.gcn_layer(adj, x, one, torch.zeros(1))
+    layer = lambda kind, **p: models.get(kind).reference_layer(adj, x, p, last=False)  # noqa: E731
+    gcn = layer("gcn", **{"lin.weight": one, "bias": torch.zeros(1)})
     torch.testing.assert_close(gcn.view(-1), torch.tensor([1.0, 2 ** -0.5 + 1.0, 3.0]))
     # SAGE: mean of in-neighbours (zeros when there are none) + 2 * root
-    sage = reference.sage_layer(adj, x, one, torch.zeros(1), 2 * one)
+    sage = layer("sage", **{"lin_l.weight": one, "lin_l.bias": torch.zeros(1), "lin_r.weight": 2 * one})
     torch.testing.assert_close(sage.view(-1), torch.tensor([2.0, 1.0 + 4.0, 6.0]))
     # GAT with zero attention vectors: uniform over in-neighbours and the self-loop
     zeros = torch.zeros(1, 1, 1)
-    gat = reference.gat_layer(adj, x, one, zeros, zeros, torch.zeros(1), concat=True)
+    gat = layer("gat", **{"lin.weight": one, "att_src": zeros, "att_dst": zeros, "bias": torch.zeros(1)})
     torch.testing.assert_close(gat.view(-1), torch.tensor([1.0, 1.5, 3.0]))
 
 
@@ -102,7 +104,7 @@ def test_train_returns_a_sane_result(kind):
     assert all(0.0 <= acc <= 1.0 for acc in result.accuracy.values())
     assert result.accuracy["train"] >= 0.7  # 4 classes: chance is ~0.25
     assert result.timings_s["preprocess"] >= 0 and result.timings_s["eval"] > 0
-    assert result.extra["path"] == pyg_fullgraph.FASTEST_PATH[kind] and result.extra["path_option"] == "auto"
+    assert result.extra["path"] == models.get(kind).pyg_path and result.extra["path_option"] == "auto"
     assert set(result.final_params) == set(params)
     assert any(not torch.equal(result.final_params[name], params[name]) for name in params)
     for name, value in params.items():  # the caller's tensors are never modified

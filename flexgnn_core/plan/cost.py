@@ -14,8 +14,9 @@ transfer time prefetching can hide under compute). ``predict(plan, problem, hw)`
   hide behind; none at P=1).
 
 Every term is a sum of per-layer, per-intermediate and per-pair-of-intermediates costs, which is what lets
-``solvers.optimal`` solve the placement exactly as a mixed-integer program over the same numbers
-(``item_compute_s``, ``item_link_bytes``, ``pair_link_bytes``; a pair is one product variable).
+``plan.solvers.optimal`` solve the placement exactly as a mixed-integer program over the same numbers
+(``item_compute_s``, ``item_link_bytes``, ``pair_link_bytes``; a pair is one product variable). Model-specific
+dense work comes from the model's own declaration (``GNNModel.post_flops``); attention models add GAT's terms.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from flexgnn_core.plan import FLOAT, Plan, Problem, intermediates, link_terms, simulate, transform_width
+from flexgnn_core.plan.problem import FLOAT, Plan, Problem, intermediates, transform_width
+from flexgnn_core.plan.simulate import link_terms, simulate
 
 LINKS = ("h2d", "d2h", "disk_read", "disk_write", "ops")  # "ops": chunk-level transfers, at transfer_op_s each
 RATE_FIELDS = ("agg_edge_width_per_s", "matmul_flop_per_s", "memory_bytes_per_s", "h2d_bytes_per_s",
@@ -133,7 +135,8 @@ def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> floa
     d, o = problem.dims[layer], problem.dims[layer + 1]
     first, last = layer == 0, layer == problem.num_layers - 1
     elementwise = n * o * FLOAT * (2 if last else 3) / hw.memory_bytes_per_s  # activation (+ grad) or loss
-    sage = 0.0 if problem.kind != "sage" else (2 + (not first)) * mm_s(hw, n, d, o)
+    post_forward, post_backward = problem.model.post_flops(d, o, order == "transform_first", first)
+    post = n * (post_forward + post_backward) / hw.matmul_flop_per_s  # e.g. SAGE's root weight
     halo = problem.sum_halo_rows
     if order == "aggregate_first":  # forward reads device rows by global column; backward scatters to the halo
         forward = (0.0 if first else agg_s(hw, e, d)) + mm_s(hw, n, d, o)
@@ -144,7 +147,7 @@ def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> floa
         forward = agg_s(hw, e, t)
         backward = agg_s(hw, e, t) + (1 + (not first)) * mm_s(hw, n, t, d) + halo_s(hw, halo, t)
         steps = 3 * chunks
-        if problem.kind == "gat":  # attention per edge and head forward and backward; gat_backward ~ 3 aggregations
+        if problem.attention:  # attention per edge and head forward and backward; gat_backward ~ 3 aggregations
             forward += attention_s(hw, e, problem.heads)
             backward += 2 * agg_s(hw, e, t) + attention_s(hw, e, problem.heads)
             # the halo rows of t gathered forward and backward (not at P=1: the halo is every row, in order), and
@@ -152,7 +155,7 @@ def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> floa
             # gat_backward's d_t and d_att_src)
             gathers = 0 if chunks == 1 else 2
             backward += gathers * halo_s(hw, halo, t) + 4 * 2 * halo * t * FLOAT / hw.memory_bytes_per_s
-    return forward + backward + sage + elementwise + steps * hw.step_overhead_s
+    return forward + backward + post + elementwise + steps * hw.step_overhead_s
 
 
 def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) -> float:
@@ -171,11 +174,11 @@ def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) 
     t = transform_width(problem, layer)  # t{layer}: stored = one whole transform pass (P more steps)
     if recomputed:  # transform only the halo rows inside each aggregation step (twice for GAT: fwd and bwd),
         # gathering h's halo rows instead (GAT: in place of t's, already in the layer's base)
-        halo, passes = problem.sum_halo_rows, (2 if problem.kind == "gat" else 1)
+        halo, passes = problem.sum_halo_rows, (2 if problem.attention else 1)
         if problem.num_chunks == 1:  # one chunk reads the whole buffer in place: no gather of h, nor of t
             gathered = 0.0
         else:
-            gathered = halo_s(hw, halo, d) - (halo_s(hw, halo, t) if problem.kind == "gat" else 0.0)
+            gathered = halo_s(hw, halo, d) - (halo_s(hw, halo, t) if problem.attention else 0.0)
         return passes * (mm_s(hw, halo, d, t) + gathered)
     return mm_s(hw, n, d, t) + problem.num_chunks * hw.step_overhead_s
 

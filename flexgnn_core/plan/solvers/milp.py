@@ -1,8 +1,9 @@
-"""Solvers that use the cost model: ``hongtu_like`` and ``optimal`` (exact, a mixed-integer program).
+"""``optimal``: the exact minimum of the cost model's predicted epoch time, a mixed-integer program per P.
 
 ``optimal`` minimises ``cost.predict``'s epoch time over: the placement of every intermediate (device / host /
-disk / recompute), the order of every layer (when ``problem.order_rule == "auto"``; GAT is always transform-first)
-and, when asked, the chunk count P from a candidate set. For each P it solves one MILP with scipy's HiGHS:
+disk / recompute), the order of every layer (when the model and ``problem.order_rule == "auto"`` allow it) and, for
+``optimal_p``, the chunk count P from a candidate set (statistics estimated by ``chunking.estimate_chunk_stats``).
+For each P it solves one MILP with scipy's HiGHS:
 
     binary x[i, p] (intermediate i on placement p), binary o[l] (layer l transforms first), continuous tau
     sum_p x[i, p] = 1, or = 1 - o[l] for agg{l}, or = o[l] for t{l} and grad_t{l}
@@ -15,94 +16,25 @@ which is ``predict`` term for term (``cost.item_compute_s``, ``cost.item_link_by
 is the MILP optimum. A transfer that depends on two placements (``cost.pair_link_bytes``: a layer input off the
 device is gathered again when its aggregate or transform is recomputed) is a continuous y[a, b] = x[a] x[b] with
 y >= x[a] + x[b] - 1, y >= 0, exact at the optimum because y only costs (y <= x[a], y <= x[b] cap a saving).
-When no placement fits any P, the best-effort plan (recompute what can be, the rest on disk,
-the graph on the host) comes back with ``feasible=False`` and the missing bytes in ``reason``.
-
-Solvers take only ``problem`` (STYLE #16); ``make_optimal(hw, chunk_stats)`` binds the hardware and, optionally,
-the per-P chunk statistics (``chunk_stats`` exact from a graph, or ``estimate_chunk_stats`` from the problem).
+When no placement fits any P, the best-effort plan (recompute what can be, the rest on disk, the graph on the
+host) comes back with ``feasible=False`` and the missing bytes in ``reason``.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
-import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from flexgnn_core import cost
-from flexgnn_core.cost import Hardware
-from flexgnn_core.plan import (SOLVERS as BASE_SOLVERS, Plan, Problem, _finish, fixed_device_bytes, intermediates,
-                               layer_orders, working_set_bytes)
-
-CHUNK_COUNTS = (1, 2, 4, 8, 16, 32, 64)
-STAT_FIELDS = ("max_chunk_rows", "max_halo_rows", "max_chunk_edges", "sum_halo_rows", "graph_bytes")
-
-
-# ---- chunk statistics per P ------------------------------------------------------------------------------------
-def _graph_bytes(rows: int, edges: int, halo: int, kind: str, index: int) -> int:
-    """``Chunk.nbytes()`` from its sizes: ``index``-byte index arrays, int64 halo ids, fp32 edge weights (GAT:
-    self positions instead). Tested against ``chunks.build_chunks``: a change there shows up as a failing test."""
-    weights = 0 if kind == "gat" else 4 * edges
-    return index * (rows + 1 + 5 * edges + halo + 1 + (rows if kind == "gat" else 0)) + 8 * halo + weights
-
-
-def _index_bytes(num_nodes: int, num_edges: int) -> int:
-    return 4 if max(num_nodes + 1, num_edges) < 2**31 else 8  # as build_chunks chooses its index dtype
-
-
-def chunk_stats(rowptr: torch.Tensor, col: torch.Tensor, kind: str, counts) -> dict[int, dict[str, int]]:
-    """Exact ``Problem`` chunk statistics for each P in ``counts``, from the CSR the model aggregates over (after
-    reordering and normalisation, as the engine builds it): one pass over the edges per P."""
-    from flexgnn_core.chunks import chunk_bounds
-
-    n = rowptr.numel() - 1
-    index = _index_bytes(n, col.numel())
-    out = {}
-    for count in sorted({int(c) for c in counts if 1 <= int(c) <= n}):
-        rows, halos, edges, total = [], [], [], 0
-        for start, stop in chunk_bounds(n, count):
-            e0, e1 = int(rowptr[start]), int(rowptr[stop])
-            halo = int(torch.unique(col[e0:e1]).numel())
-            rows.append(stop - start), halos.append(halo), edges.append(e1 - e0)
-            total += _graph_bytes(stop - start, e1 - e0, halo, kind, index)
-        out[count] = {"max_chunk_rows": max(rows), "max_halo_rows": max(halos), "max_chunk_edges": max(edges),
-                      "sum_halo_rows": sum(halos), "graph_bytes": total}
-    return out
-
-
-def estimate_chunk_stats(problem: Problem, counts=CHUNK_COUNTS) -> dict[int, dict[str, int]]:
-    """Chunk statistics for other P from the problem's own P alone: a chunk with e in-edges is assumed to read
-    ``N (1 - exp(-e / N))`` distinct sources (uniform sources), scaled to match the observed halo at the problem's
-    P (which captures the locality of the ordering). The problem's own P keeps its exact statistics."""
-    n, e, p0 = problem.num_nodes, problem.num_edges, problem.num_chunks
-    distinct = lambda edges: max(n * (1 - math.exp(-edges / max(n, 1))), 1.0)  # noqa: E731
-    scale = problem.sum_halo_rows / (p0 * distinct(e / p0))
-    out = {}
-    for count in sorted({int(c) for c in counts if 1 <= int(c) <= n} | {p0}):
-        if count == p0:
-            out[count] = {name: getattr(problem, name) for name in STAT_FIELDS}
-            continue
-        rows, edges = math.ceil(n / count), math.ceil(problem.max_chunk_edges * p0 / count)
-        halo = min(n, math.ceil(scale * distinct(e / count)))
-        max_halo = min(n, math.ceil(problem.max_halo_rows * distinct(e / count) / distinct(e / p0)))
-        out[count] = {"max_chunk_rows": rows, "max_halo_rows": max_halo, "max_chunk_edges": edges,
-                      "sum_halo_rows": halo * count,
-                      "graph_bytes": count * _graph_bytes(rows, math.ceil(e / count), halo, problem.kind,
-                                                           _index_bytes(n, e))}
-    return out
-
-
-def problem_for(problem: Problem, stats: dict[str, int], count: int) -> Problem:
-    return replace(problem, num_chunks=count, **stats)
-
-
-# ---- the MILP for one P ----------------------------------------------------------------------------------------
-def _free_orders(problem: Problem) -> bool:
-    return problem.kind != "gat" and problem.order_rule == "auto"
+from flexgnn_core.plan import cost
+from flexgnn_core.plan.chunking import STAT_FIELDS, estimate_chunk_stats, problem_for
+from flexgnn_core.plan.cost import Hardware
+from flexgnn_core.plan.problem import (Plan, Problem, fixed_device_bytes, free_orders, intermediates, layer_orders,
+                                       working_set_bytes)
+from flexgnn_core.plan.simulate import make_plan
 
 
 def _choices(problem: Problem) -> tuple[list, list[tuple[str, str]]]:
@@ -110,7 +42,7 @@ def _choices(problem: Problem) -> tuple[list, list[tuple[str, str]]]:
     layers = problem.num_layers
     union = {}
     for orders in (("aggregate_first",) * layers, ("transform_first",) * layers):
-        for item in intermediates(problem, orders if problem.kind != "gat" else ("transform_first",) * layers):
+        for item in intermediates(problem, orders if not problem.attention else ("transform_first",) * layers):
             union.setdefault(item.name, item)
     pairs = [(item.name, where) for item in union.values()
              for where in item.tiers + (("recompute",) if item.recomputable else ())]
@@ -213,7 +145,7 @@ def _best_effort(problem: Problem) -> Plan:
     orders = layer_orders(problem)
     placement = {item.name: "host" if item.name == "graph" else "recompute" if item.recomputable else "disk"
                  for item in intermediates(problem, orders)}
-    return _finish("optimal", problem, orders, placement)
+    return make_plan("optimal", problem, orders, placement)
 
 
 def make_optimal(hw: Hardware, chunk_counts: dict[int, dict[str, int]] | None = None) -> Callable[[Problem], Plan]:
@@ -221,8 +153,7 @@ def make_optimal(hw: Hardware, chunk_counts: dict[int, dict[str, int]] | None = 
     per P, e.g. ``chunk_stats(...)``) or, when None, at the problem's own P only."""
 
     def optimal(problem: Problem) -> Plan:
-        check_budgets(problem)
-        fixed = None if _free_orders(problem) else layer_orders(problem)
+        fixed = None if free_orders(problem) else layer_orders(problem)
         stats = chunk_counts or {problem.num_chunks: {name: getattr(problem, name) for name in STAT_FIELDS}}
         best, best_s, fallback = None, math.inf, None
         for count, values in sorted(stats.items()):
@@ -235,7 +166,7 @@ def make_optimal(hw: Hardware, chunk_counts: dict[int, dict[str, int]] | None = 
                 if fallback is None or effort.min_device_budget_bytes < fallback.min_device_budget_bytes:
                     fallback = effort
                 continue
-            plan = _finish("optimal", candidate, solved[1], solved[0])
+            plan = make_plan("optimal", candidate, solved[1], solved[0])
             predicted = cost.predict(plan, candidate, hw).epoch_s
             if predicted < best_s:
                 best, best_s = plan, predicted
@@ -252,7 +183,7 @@ def _solve_placement(problem: Problem, hw: Hardware, fixed) -> tuple[dict, tuple
         solved = _solve_milp(current, hw, fixed)
         if solved is None:
             return None
-        plan = _finish("optimal", problem, solved[1], solved[0])
+        plan = make_plan("optimal", problem, solved[1], solved[0])
         if plan.feasible:
             return solved
         peak = dict(plan.predicted_peak_bytes)
@@ -264,89 +195,21 @@ def _solve_placement(problem: Problem, hw: Hardware, fixed) -> tuple[dict, tuple
     return None
 
 
-def check_budgets(problem: Problem) -> None:
-    """Budgets are a positive whole number of bytes or None (unlimited)."""
-    for field in ("device_budget_bytes", "host_budget_bytes"):
-        value = getattr(problem, field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise ValueError(f"{field}={value!r} must be a positive integer number of bytes or None (unlimited)")
+def _need(hardware: Hardware | None, name: str) -> Hardware:
+    if hardware is None:
+        raise ValueError(f"solver '{name}' plans with a cost model and needs hardware rates: pass a "
+                         "flexgnn_core.plan.cost.Hardware (flexgnn_core.calibrate.load_or_measure() measures this "
+                         "machine; calibrate.profile('h200') is a datasheet profile)")
+    return hardware
 
 
-# ---- hongtu_like -----------------------------------------------------------------------------------------------
-def hongtu_like(problem: Problem) -> Plan:
-    """HongTu's choice: vertex data (layer inputs and gradients) in host memory, aggregates and transforms
-    recomputed in backward; the graph blocks on the device when they fit, else on the host."""
-    check_budgets(problem)
-    orders = layer_orders(problem)
-    items = intermediates(problem, orders)
-    placement = {item.name: "recompute" if item.recomputable else "host" for item in items}
-    room = (None if problem.device_budget_bytes is None else
-            problem.device_budget_bytes - fixed_device_bytes(problem) - working_set_bytes(problem))
-    placement["graph"] = "device" if room is None or problem.graph_bytes <= room else "host"
-    return _finish("hongtu_like", problem, orders, placement)
+def optimal(problem: Problem, hardware: Hardware | None = None) -> Plan:
+    """Exact minimum of predicted epoch time at the problem's P, on ``hardware``."""
+    return make_optimal(_need(hardware, "optimal"))(problem)
 
 
-# ---- registry --------------------------------------------------------------------------------------------------
-_HARDWARE: list[Hardware] = []
-
-
-def use_hardware(hw: Hardware) -> None:
-    """The hardware the registered ``optimal`` plans for (default: this machine's cached calibration)."""
-    _HARDWARE[:] = [hw]
-
-
-@contextmanager
-def using_hardware(hw: Hardware) -> Iterator[None]:
-    """``use_hardware`` for a block only (calibration's engine probe plans with its uncorrected rates)."""
-    saved = list(_HARDWARE)
-    _HARDWARE[:] = [hw]
-    try:
-        yield
-    finally:
-        _HARDWARE[:] = saved
-
-
-def current_hardware() -> Hardware:
-    if not _HARDWARE:
-        from flexgnn_core.calibrate import load_or_measure
-
-        _HARDWARE.append(load_or_measure())
-    return _HARDWARE[0]
-
-
-def hardware_for(profile: str | Hardware | None, device=None) -> Hardware:
-    """A datasheet profile by name (``calibrate.profile``), a ``Hardware`` as is, or None: the hardware in use
-    (``use_hardware``), else this machine's cached calibration."""
-    from flexgnn_core import calibrate
-
-    if isinstance(profile, Hardware):
-        return profile
-    if profile is None:
-        return _HARDWARE[0] if _HARDWARE else calibrate.load_or_measure(device)
-    return calibrate.profile(profile)
-
-
-def optimal(problem: Problem) -> Plan:
-    """Exact minimum of predicted epoch time at the problem's P, on ``current_hardware()``."""
-    return make_optimal(current_hardware())(problem)
-
-
-def optimal_p(problem: Problem) -> Plan:
-    """``optimal`` over P in ``CHUNK_COUNTS`` too (statistics estimated; the engine must rebuild its chunks)."""
-    return make_optimal(current_hardware(), estimate_chunk_stats(problem))(problem)
-
-
-SOLVERS: dict[str, Callable[[Problem], Plan]] = {**BASE_SOLVERS, "hongtu_like": hongtu_like, "optimal": optimal,
-                                                 "optimal_p": optimal_p}
-
-
-def solve(problem: Problem, policy: str, hw: Hardware | None = None) -> Plan:
-    """Any solver by name; ``optimal`` on ``hw`` when given."""
-    if policy not in SOLVERS:
-        raise ValueError(f"policy '{policy}' is unknown; valid: {', '.join(SOLVERS)}")
-    check_budgets(problem)
-    if hw is not None and policy == "optimal":
-        return make_optimal(hw)(problem)
-    if hw is not None and policy == "optimal_p":
-        return make_optimal(hw, estimate_chunk_stats(problem))(problem)
-    return SOLVERS[policy](problem)
+def optimal_p(problem: Problem, hardware: Hardware | None = None) -> Plan:
+    """``optimal`` over P in ``CHUNK_COUNTS`` too (statistics estimated; the engine must rebuild its chunks and the
+    caller re-solve at the chosen P with exact statistics)."""
+    plan = make_optimal(_need(hardware, "optimal_p"), estimate_chunk_stats(problem))(problem)
+    return replace(plan, policy="optimal_p")

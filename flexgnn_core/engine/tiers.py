@@ -7,7 +7,8 @@
 
 ``TierStore.counters`` holds current and peak bytes per tier, bytes per link (``h2d``, ``d2h``, ``disk_read``,
 ``disk_write``) and the prefetch overlap times. Counters are updated under a lock: prefetch threads read too.
-``TierStore.prefetched`` runs a pass's fetches one chunk ahead in a background thread.
+``TierStore.prefetched`` runs a pass's fetches one chunk ahead in a background thread when they read off-device
+tiers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flexgnn_core.ops import long_index
+from flexgnn_core.kernels import long_index
 from flexgnn_core.spec import TIERS
 
 STORE_LINKS = ("h2d", "d2h", "disk_read", "disk_write")
@@ -188,15 +189,29 @@ class TierStore:
         owned = {b.data.untyped_storage().data_ptr() for b in self.buffers.values() if b.tier == "device"}
         return [t for t in tensors if isinstance(t, Tensor) and t.untyped_storage().data_ptr() not in owned]
 
+    def moved_bytes(self) -> int:
+        with self.counters.lock:
+            return sum(self.counters.links.values())
+
     def prefetched(self, items: Sequence[Any], fetch: Callable[[Any], dict],
-                   background: bool) -> Iterator[tuple[Any, dict]]:
-        """``(item, fetch(item))`` in order. With ``background``, the next item's fetch runs in a worker thread
-        while the caller computes on this one (on CUDA on a side stream, so copies overlap kernels); the time
-        fetches took, the time the caller waited and so the time hidden are counted. What a fetch returns is
-        device working memory while held (``fresh``: the tensors that are new memory, not buffer views)."""
+                   prefetch: bool = True) -> Iterator[tuple[Any, dict]]:
+        """``(item, fetch(item))`` in order. The first fetch runs here; when it moved bytes over a link (what it
+        reads lives off the device) and ``prefetch`` is on, each next item's fetch runs in a worker thread while
+        the caller computes on this one (on CUDA on a side stream, so copies overlap kernels); the time fetches
+        took, the time the caller waited and so the time hidden are counted. What a fetch returns is device
+        working memory while held (``fresh``: the tensors that are new memory, not buffer views)."""
+        if not items:
+            return
+        before, start = self.moved_bytes(), time.perf_counter()
+        first = fetch(items[0])
+        background = prefetch and len(items) > 1 and self.moved_bytes() > before
+        if background:  # the first fetch has nothing to hide behind: all of it is waited for
+            elapsed = time.perf_counter() - start
+            self.counters.fetch_s += elapsed
+            self.counters.wait_s += elapsed
         if not background:
-            for item in items:
-                fetched = fetch(item)
+            for i, item in enumerate(items):
+                fetched = first if i == 0 else fetch(item)
                 held = self.track(*self.fresh(*fetched.values()))
                 yield item, fetched
                 self.untrack(held)
@@ -218,15 +233,18 @@ class TierStore:
             return out, self.track(*self.fresh(*out.values()))  # in flight counts as device memory
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(timed, items[0])
+            future = None
             for i, item in enumerate(items):
                 start = time.perf_counter()
-                fetched, held = future.result()
-                if stream is not None:  # memory made on the side stream is now used on the compute stream
-                    for value in fetched.values():
-                        if isinstance(value, Tensor) and value.is_cuda:
-                            value.record_stream(compute)
-                counters.wait_s += time.perf_counter() - start
+                if i == 0:
+                    fetched, held = first, self.track(*self.fresh(*first.values()))
+                else:
+                    fetched, held = future.result()
+                    if stream is not None:  # memory made on the side stream is now used on the compute stream
+                        for value in fetched.values():
+                            if isinstance(value, Tensor) and value.is_cuda:
+                                value.record_stream(compute)
+                    counters.wait_s += time.perf_counter() - start
                 if i + 1 < len(items):
                     future = pool.submit(timed, items[i + 1])
                 yield item, fetched

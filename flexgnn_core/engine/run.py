@@ -1,0 +1,69 @@
+"""Execute a feasible plan in the shared timed loop: the last step of a FlexGNN run (STYLE #4b).
+
+``execute(prepared, plan, params, train)`` allocates the plan's buffers on their tiers, trains with Adam in
+``flexgnn_core.loop.timed_training`` (warm-up excluded, median reported) and returns the ``RunResult`` with the
+store's counters: accounted peak per tier, bytes per link, prefetch overlap. It plans nothing and measures no
+hardware: the plan comes in as a value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from flexgnn_core.engine.executor import Engine
+from flexgnn_core.engine.prepare import Prepared
+from flexgnn_core.engine.tiers import TierStore
+from flexgnn_core.loop import timed_training
+from flexgnn_core.memory import PeakMemoryMeter
+from flexgnn_core.models import masked_accuracy
+from flexgnn_core.plan import Plan
+from flexgnn_core.spec import RunResult, TrainSpec, resolve_device
+
+SYSTEM = "flexgnn"
+
+
+def execute(prepared: Prepared, plan: Plan, params: Mapping[str, Tensor], train: TrainSpec,
+            disk_dir: str | None = None, prefetch: bool = True, timings_s: Mapping[str, float] | None = None,
+            extra: Mapping[str, Any] | None = None) -> RunResult:
+    """Train with ``plan`` on the prepared graph; ``params`` are copied, never modified."""
+    device = resolve_device(train.device)
+    torch.manual_seed(train.seed)
+    with TierStore(device, disk_dir) as store:
+        engine = Engine(prepared, plan, params, device, store, prefetch=prefetch)
+        engine.allocate()
+        optimizer = torch.optim.Adam(list(engine.params.values()), lr=prepared.spec.lr)
+        for name, value in engine.params.items():
+            value.grad = engine.grads[name]  # backward refills these tensors in place: no second set per epoch
+
+        def step(epoch: int) -> float:
+            loss = engine.forward()
+            engine.backward()
+            optimizer.step()
+            return loss
+
+        def evaluate() -> dict[str, float]:
+            logits = torch.empty(engine.num_nodes, engine.dims[-1])
+            engine.forward(logits_out=logits)
+            return masked_accuracy(logits, engine.y.cpu(), prepared.masks)
+
+        with PeakMemoryMeter(device) as meter:
+            result = timed_training(system=SYSTEM, train=train, device=device, step=step, evaluate=evaluate,
+                                    final_params=lambda: engine.params, timings_s=dict(timings_s or {}),
+                                    plan=plan.to_json())
+        counters = store.counters
+        result.peak_bytes = meter.peak_bytes
+        result.tier_peak_bytes = dict(counters.peak)
+        result.io_bytes = dict(counters.links)
+        budget = plan.device_budget_bytes
+        result.extra = {
+            **dict(extra or {}), "policy": plan.policy, "num_chunks": plan.num_chunks,
+            "prefetch_fetch_s": counters.fetch_s, "prefetch_wait_s": counters.wait_s,
+            "prefetch_hidden_s": counters.hidden_s, "device_budget_bytes": budget,
+            "device_within_budget": None if budget is None else counters.peak["device"] <= budget,
+            "cuda_within_budget": (None if budget is None or device.type != "cuda"
+                                   else meter.peak_bytes["device"] <= budget),
+        }
+    return result
