@@ -14,6 +14,8 @@ Layers and how the shared PyG-named parameters map onto them (exact: every DGL p
   PyG weights ``deg_in(u)^-1/2 deg_in(v)^-1/2`` are passed as ``edge_weight`` with ``norm='none'``.
 - SAGE: ``SAGEConv('mean')``: ``fc_neigh.weight`` = ``lin_l.weight``, ``fc_self.weight`` = ``lin_r.weight`` and
   ``fc_self.bias`` = ``lin_l.bias`` (DGL 2.1 keeps the bias on the root linear; the sum is the same).
+- GIN: ``GINConv(Sequential(Linear, ReLU, Linear), "sum", init_eps=0, learn_eps=False)`` (it adds the vertex
+  itself): ``apply_func.0`` / ``apply_func.2`` = ``nn.0`` / ``nn.2``.
 - GAT: ``GATConv`` with self-loops, slope 0.2: ``fc`` = ``lin``, ``attn_l`` = ``att_src``, ``attn_r`` = ``att_dst``.
   Hidden layers flatten the heads (same head-major order as PyG) and use DGL's bias; the last layer averages the
   heads and adds one bias after the mean (DGL's per-head bias would split PyG's bias into ``heads`` copies whose
@@ -31,7 +33,7 @@ import dgl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dgl.nn import GATConv, GraphConv, SAGEConv
+from dgl.nn import GATConv, GINConv, GraphConv, SAGEConv
 from torch import Tensor, nn
 
 from flexgnn_core.data.storage import load_graph
@@ -72,6 +74,9 @@ class DGLNet(nn.Module):
                 conv = GraphConv(dims[i], dims[i + 1], norm=gcn_norm, weight=True, bias=True)
             elif model.kind == "sage":
                 conv = SAGEConv(dims[i], dims[i + 1], "mean", bias=True)
+            elif model.kind == "gin":  # sum with the vertex itself (eps 0, fixed), then Linear -> ReLU -> Linear
+                mlp = nn.Sequential(nn.Linear(dims[i], dims[i + 1]), nn.ReLU(), nn.Linear(dims[i + 1], dims[i + 1]))
+                conv = GINConv(mlp, "sum", init_eps=0.0, learn_eps=False)
             else:
                 channels = dims[i + 1] if last else dims[i + 1] // model.heads
                 conv = GATConv(dims[i], channels, model.heads, negative_slope=0.2, bias=not last)
@@ -87,6 +92,10 @@ class DGLNet(nn.Module):
             if self.model.kind == "gcn":
                 mapping[p + "lin.weight"] = (conv.weight, True)
                 mapping[p + "bias"] = (conv.bias, False)
+            elif self.model.kind == "gin":
+                for index in (0, 2):
+                    mapping[p + f"nn.{index}.weight"] = (conv.apply_func[index].weight, False)
+                    mapping[p + f"nn.{index}.bias"] = (conv.apply_func[index].bias, False)
             elif self.model.kind == "sage":
                 mapping[p + "lin_l.weight"] = (conv.fc_neigh.weight, False)
                 mapping[p + "lin_l.bias"] = (conv.fc_self.bias, False)
@@ -124,7 +133,7 @@ class DGLNet(nn.Module):
         for i, conv in enumerate(self.convs):
             if self.model.kind == "gcn":
                 h = conv(graph, h, edge_weight=edge_weight)
-            elif self.model.kind == "sage":
+            elif self.model.kind in ("sage", "gin"):
                 h = conv(graph, h)
             else:
                 h = conv(graph, h)  # [N, heads, channels]
