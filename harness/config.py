@@ -111,6 +111,9 @@ class HardwareConfig:
     # Planning what-ifs: a datasheet profile (h200, h100, a100 or gpu-link-disk such as h100-pcie4-nvme5,
     # flexgnn_core/calibrate.py) instead of this machine's measured calibration; null = measured.
     profile: Optional[str] = None
+    # A hard cap on the whole job's memory (bytes or "2GiB"), enforced by the kernel through a memory-limited
+    # control group (harness/memcap.py); null = none. On CUDA it also makes device_budget_bytes a hard limit.
+    memory_cap: Any = None
 
 
 @dataclass
@@ -228,6 +231,7 @@ class Settings:
     train: TrainSpec
     system_name: str
     system_options: dict[str, Any]
+    memory_cap_bytes: int | None = None  # hardware.memory_cap: the job runs in a capped group (harness/capped.py)
 
 
 def _container(node: Any, field_name: str) -> dict[str, Any]:
@@ -297,5 +301,10 @@ def validate(cfg: DictConfig) -> Settings:
     if train.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", train.device):
         raise ConfigError(f"config field 'hardware.device': got {train.device!r}. Fix: hardware.device=auto, cpu, "
                           "cuda or cuda:N")
+    memory_cap_bytes = parse_bytes(hardware.get("memory_cap"), "hardware.memory_cap")
+    if memory_cap_bytes is not None and options.get("launch") == "env":
+        raise ConfigError("config field 'hardware.memory_cap': with system.launch=env every torchrun rank would cap "
+                          "itself apart. Fix: cap torchrun as a whole (e.g. systemd-run --scope -p MemoryMax=...) "
+                          "and drop hardware.memory_cap")
     return Settings(dataset_name=dataset_name, dataset_options=dataset_options, model=model, train=train,
-                    system_name=system_name, system_options=options)
+                    system_name=system_name, system_options=options, memory_cap_bytes=memory_cap_bytes)

@@ -6,7 +6,9 @@ exists, any failure marks it FAILED with the error, writes a ``status: failed`` 
 directory, and re-raises (a non-zero exit). Earlier records and runs are never touched. Inside a sweep, two outcomes
 are results rather than failures, recorded so the sweep goes on: a system unavailable here (``status: skipped``,
 no MLflow run) and a flexgnn plan that does not fit its budget (``status: infeasible`` with the reason, no
-result; its MLflow run is tagged ``status=infeasible`` and finished).
+result; its MLflow run is tagged ``status=infeasible`` and finished). Under ``hardware.memory_cap`` the load and the
+training run in a capped child process (``harness/capped.py``), and a job that runs out of memory under the cap
+is a result too, in single runs as in sweeps: ``status: oom``, its MLflow run tagged ``status=oom`` and finished.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flexgnn_core.spec import PlanInfeasible
+from harness import capped as capping
 from harness import record as records
 from harness.config import ConfigError, Settings, validate
 from harness.systems import SystemUnavailable, get_train_fn, preflight
@@ -101,6 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         records.write_json(job["output_dir"] / "record.json", skipped, overwrite=True)
         log.warning("skipped: %s", error)
         return skipped
+    cap = capping.prepare(settings)  # None without hardware.memory_cap; fails here if nothing can cap memory
     if _secondary_rank(settings):  # under torchrun every rank runs the harness: rank 0 alone records
         graph_stats, result = _train(settings, train_fn)
         return records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
@@ -117,7 +121,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "parent_run_id": job.get("parent_run_id")} if store else None
     common["tracking"] = tracking
     try:
-        graph_stats, result = _train(settings, train_fn)
+        graph_stats, result = cap.train(config) if cap else _train(settings, train_fn)
+    except capping.OutOfMemory as error:
+        return _record_oom(error, common, job, runs_dir, store, run_id, config_yaml)
     except PlanInfeasible as error:
         if not job.get("multirun"):  # a single run fails with the reason and the minimum budget
             _record_failure(error, common, job, store, run_id)
@@ -127,6 +133,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _record_failure(error, common, job, store, run_id)
         raise
     record = records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
+    if cap:
+        record["memory_cap"] = records.jsonable(cap.facts)
     stable = _write(record, runs_dir, job)
     if store:
         try:
@@ -178,4 +186,20 @@ def _record_infeasible(error: PlanInfeasible, common: dict[str, Any], job: dict[
         store.client.set_tag(run_id, "error", str(error)[:5000])
         store.client.set_terminated(run_id, status="FINISHED")
     log.warning("infeasible: %s", error)
+    return record
+
+
+def _record_oom(error: capping.OutOfMemory, common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
+                store: Store | None, run_id: str | None, config_yaml: str) -> dict[str, Any]:
+    """A job that did not fit under ``hardware.memory_cap``: a ``status: oom`` record (the cap, the meters, what it
+    asked for; no result) kept like an ok one; its MLflow run tagged ``status=oom`` and finished."""
+    record = records.build_record(graph_stats=None, result=None, status="oom", error=str(error), **common)
+    record["memory_cap"] = records.jsonable(error.facts)
+    _write(record, runs_dir, job)
+    if store:
+        store.log_record(run_id, record, config_yaml)
+        store.client.set_tag(run_id, "status", "oom")
+        store.client.set_tag(run_id, "error", str(error)[:5000])
+        store.client.set_terminated(run_id, status="FINISHED")
+    log.warning("oom: %s", error)
     return record
