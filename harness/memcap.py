@@ -5,9 +5,10 @@
 ``Group.usage()`` reads the group's meters (peak, OOM kills, limit hits), ``Group.kill()`` and ``Group.remove()``
 clean up. Mechanisms, in order of preference:
 
-1. ``cgroup2``: a child group with ``memory.max`` (and ``memory.swap.max = 0``) under this process's own cgroup2
-   group or the nearest writable ancestor that gives its children the memory controller: root, or a user in a
-   delegated subtree (a container, ``user@.service``, a ``systemd-run --user -p Delegate=yes`` shell).
+1. ``cgroup2``: a child group with ``memory.max`` (and ``memory.swap.max = 0``) under the nearest group, from this
+   process's own up to the hierarchy's root, that gives its children the memory controller and that this user may
+   write: root, or a user inside a subtree delegated to them. (A group that holds processes cannot give its
+   children controllers, cgroup2's no-internal-process rule; only the real root is exempt.)
 2. ``cgroup1``: a child group of this process's memory-controller group with ``memory.limit_in_bytes`` (and
    ``memory.memsw.limit_in_bytes`` where swap accounting is on, so swap cannot stretch the cap): root.
 3. ``systemd``: ``systemd-run --scope -p MemoryMax= -p MemorySwapMax=0`` (``--user`` when not root), where
@@ -15,7 +16,7 @@ clean up. Mechanisms, in order of preference:
    reporter (``python -m harness.memcap report FILE -- argv``) that reads the meters from inside before it exits.
 
 The direct groups come first because the caller owns them: it reads the meters after the job ended, kills what is
-left and removes the group; cgroup2 before cgroup1 because v1 is deprecated and v2 counts OOM kills exactly.
+left and removes the group; cgroup2 before cgroup1 because v1 is deprecated (and gone from current distributions).
 No swap is allowed in any of them: the cap is memory the job may use, not memory plus swap.
 """
 
@@ -192,8 +193,6 @@ class Mechanism:
             report = Path(scratch_dir or "/tmp") / f"{name}.json"
             return Group("systemd", cap_bytes, report, unit=name, user=self.user)
         _remove_stale_groups(self.parent)
-        if self.kind == "cgroup2" and "memory" not in (_read(self.parent / "cgroup.subtree_control") or "").split():
-            (self.parent / "cgroup.subtree_control").write_text("+memory")  # the hierarchy's root (detect checked)
         path = self.parent / name
         path.mkdir()
         group = Group(self.kind, cap_bytes, path)
@@ -238,7 +237,13 @@ def _cgroup2(host: Host) -> Mechanism | str:
         if parent != mount and mount not in parent.parents:
             break
         enabled = "memory" in (_read(parent / "cgroup.subtree_control") or "").split()
-        if (enabled or parent == mount) and host.writable(parent):
+        if enabled and host.writable(parent):
+            return Mechanism("cgroup2", parent, f"cgroup2 memory.max under {parent}")
+        if parent == mount and host.writable(parent):
+            try:  # the hierarchy's root may give its children memory; a namespace's root holding processes may not
+                (parent / "cgroup.subtree_control").write_text("+memory")
+            except OSError as error:
+                return f"cannot enable the memory controller for the children of {parent} ({error})"
             return Mechanism("cgroup2", parent, f"cgroup2 memory.max under {parent}")
     return (f"no group from {here} up to {mount} is writable by uid {host.euid} with the memory controller "
             "enabled for its children (cgroup.subtree_control): cgroup2 needs root or a delegated subtree")

@@ -73,6 +73,17 @@ def test_cgroup2_without_delegation_falls_through_and_root_uses_the_hierarchy_ro
     assert memcap.detect(root).parent == tmp_path / "sys/fs/cgroup/unified/user.slice/user-1000.slice"
 
 
+def test_cgroup2_root_that_cannot_give_children_memory_falls_through(tmp_path):
+    # A container's namespace root holds its processes, so enabling memory for children fails (EBUSY there; a
+    # directory in place of the control file here), and the next mechanism is asked.
+    host = fake_host(tmp_path, v2_controllers="memory", v2_path="/")
+    control = tmp_path / "sys/fs/cgroup/unified/cgroup.subtree_control"
+    control.unlink()
+    control.mkdir()
+    assert "cannot enable the memory controller for the children of" in memcap._cgroup2(host)
+    assert memcap.detect(host).kind == "cgroup1"
+
+
 def test_groups_are_created_with_the_cap_in_the_mechanisms_own_file(tmp_path):
     v1 = memcap.detect(fake_host(tmp_path / "a")).create(3 * 2**30)
     assert (v1.path / "memory.limit_in_bytes").read_text() == str(3 * 2**30) and v1.path.name.startswith("flexgnn-")
