@@ -38,7 +38,10 @@ CAP_ENV = "FLEXGNN_MEMORY_CAP_BYTES"
 OUTCOME_FILE = "outcome.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _SIZE_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-_OOM_TEXT = re.compile(r"\bMemoryError\b|can't allocate memory|CUDA out of memory|OutOfMemoryError")
+# An exception line (column 0 in a traceback, or "rank N raised ..." from the DDP supervisor), never source lines
+# (indented) such as "except MemoryError:"; ENOMEM from the OS (fork, mmap) counts too.
+_OOM_TEXT = re.compile(r"(?:^|raised )(?:[\w.]+\.)?(?:OutOfMemory|Memory)Error\b|can't allocate memory|"
+                       r"CUDA out of memory|\[Errno 12\]", re.MULTILINE)
 _REQUESTED = re.compile(r"(?:you tried to allocate (\d+) bytes|Tried to allocate ([\d.]+) (bytes|[KMGT]iB))")
 _IN_USE = re.compile(r"([\d.]+) (bytes|[KMGT]iB) is allocated by PyTorch")
 log = logging.getLogger("harness")

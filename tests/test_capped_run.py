@@ -33,7 +33,10 @@ def test_python_and_torch_allocation_failures_are_out_of_memory_with_the_bytes_a
             "20.00 MiB is reserved by PyTorch but unallocated.")
     assert capped.allocation_facts(cuda) == {"requested_bytes": 2 * 2**30, "in_use_bytes": 3 * 2**29,
                                              "needed_bytes_min": 7 * 2**29}
+    assert capped.is_out_of_memory("ddp job failed: rank 1 raised MemoryError: \n(rank 1 exited with code 1)")
+    assert capped.is_out_of_memory("OSError: [Errno 12] Cannot allocate memory")  # fork or mmap under the cap
     assert not capped.is_out_of_memory("ValueError: system.world_size=0 must be an integer >= 1 (memory.py)")
+    assert not capped.is_out_of_memory('  File "x.py", line 3, in f\n    except MemoryError:\nKeyError: 3')
 
 
 def test_device_cap_is_a_fraction_of_the_device_and_only_ever_set_on_cuda(monkeypatch):
