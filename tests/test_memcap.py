@@ -89,7 +89,8 @@ def test_groups_are_created_with_the_cap_in_the_mechanisms_own_file(tmp_path):
     assert (v1.path / "memory.limit_in_bytes").read_text() == str(3 * 2**30) and v1.path.name.startswith("flexgnn-")
     host = fake_host(tmp_path / "b", v1=False, v2_controllers="memory", v2_path="/job", v2_enabled_at="/")
     v2 = memcap.detect(host).create(2**30)
-    assert v2.path.parent == tmp_path / "b/sys/fs/cgroup/unified" and (v2.path / "memory.max").read_text() == "1073741824"
+    assert v2.path.parent == tmp_path / "b/sys/fs/cgroup/unified"
+    assert (v2.path / "memory.max").read_text() == "1073741824"
     assert v2.command(["python", "x.py"]) == ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"',
                                               str(v2.path / "cgroup.procs"), "python", "x.py"]
     (v2.path / "memory.peak").write_text("5000\n")
