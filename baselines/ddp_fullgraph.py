@@ -53,7 +53,7 @@ from baselines.ddp_options import HARDWARE_KEYS, DDPOptions, backend_for, rank_d
 from baselines.ddp_supervise import DistributedJobError, stop, supervise, watch_parent  # noqa: F401 (raised here)
 from flexgnn_core import models
 from flexgnn_core.loop import timed_training
-from flexgnn_core.memory import PeakMemoryMeter
+from flexgnn_core.memory import PeakMemoryMeter, cap_device_memory
 from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
 
 SYSTEM = "ddp"
@@ -168,6 +168,7 @@ def _spawned_rank(rank: int, job_dir: str, launcher_pid: int, launched_at: float
         job = torch.load(Path(job_dir) / f"rank{rank}.pt", weights_only=False)
         opts: DDPOptions = job["opts"]
         device = rank_device(torch.device(job["device"]), rank)
+        cap_device_memory(device)  # under hardware.memory_cap: the device budget is this rank's hard limit on CUDA
         if device.type == "cpu":  # ranks on one host share its cores instead of each starting one thread per core
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.world_size))
         dist.init_process_group(job["backend"], init_method=f"tcp://{opts.master_addr}:{job['port']}", rank=rank,

@@ -116,6 +116,9 @@ class HardwareConfig:
     # Planning what-ifs: a datasheet profile (h200, h100, a100 or gpu-link-disk such as h100-pcie4-nvme5,
     # flexgnn_core/calibrate.py) instead of this machine's measured calibration; null = measured.
     profile: Optional[str] = None
+    # A hard cap on the whole job's memory (bytes or "2GiB"), enforced by the kernel through a memory-limited
+    # control group (harness/memcap.py); null = none. On CUDA it also makes device_budget_bytes a hard limit.
+    memory_cap: Any = None
 
 
 @dataclass
@@ -219,6 +222,8 @@ class Settings:
     system_options: dict[str, Any]
     # hardware-group settings this system does not use (e.g. a device budget for pyg on CPU): recorded, not fatal
     ignored_hardware: tuple[str, ...] = ()
+    memory_cap_bytes: int | None = None  # hardware.memory_cap: the job runs in a capped group (harness/capped.py)
+    device_budget_bytes: int | None = None  # hardware.device_budget_bytes (under a cap: the CUDA allocator's limit)
 
 
 def _container(node: Any, field_name: str) -> dict[str, Any]:
@@ -269,7 +274,8 @@ def validate(cfg: DictConfig) -> Settings:
     if system_name not in SYSTEMS:  # the registry is the list of valid names
         raise ConfigError(f"config field 'system.name': unknown system {system_name!r}; valid: "
                           f"{', '.join(SYSTEMS)}. Fix: system=<one of those>")
-    hardware, ignored = _hardware_options(_container(cfg.get("hardware"), "hardware"), system_name)
+    group = _container(cfg.get("hardware"), "hardware")
+    hardware, ignored = _hardware_options(group, system_name)
     options = {**system, **hardware}
     planner = cfg.get("planner")
     if planner is not None:
@@ -280,8 +286,17 @@ def validate(cfg: DictConfig) -> Settings:
     if train.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", train.device):
         raise ConfigError(f"config field 'hardware.device': got {train.device!r}. Fix: hardware.device=auto, cpu, "
                           "cuda or cuda:N")
+    memory_cap_bytes = parse_bytes(group.get("memory_cap"), "hardware.memory_cap")
+    device_budget_bytes = parse_bytes(group.get("device_budget_bytes"), "hardware.device_budget_bytes")
+    if memory_cap_bytes is not None:  # under a cap the device budget is every system's hard CUDA limit
+        ignored = [key for key in ignored if key != "hardware.device_budget_bytes"]
+    if memory_cap_bytes is not None and options.get("launch") == "env":
+        raise ConfigError("config field 'hardware.memory_cap': with system.launch=env every torchrun rank would cap "
+                          "itself apart. Fix: cap torchrun as a whole (e.g. systemd-run --scope -p MemoryMax=...) "
+                          "and drop hardware.memory_cap")
     return Settings(dataset_name=dataset_name, dataset_options=dataset_options, model=model, train=train,
-                    system_name=system_name, system_options=options, ignored_hardware=tuple(ignored))
+                    system_name=system_name, system_options=options, ignored_hardware=tuple(ignored),
+                    memory_cap_bytes=memory_cap_bytes, device_budget_bytes=device_budget_bytes)
 
 
 def _hardware_options(hardware: dict[str, Any], system_name: str) -> tuple[dict[str, Any], list[str]]:

@@ -6,23 +6,26 @@ exists, any failure marks it FAILED with the error, writes a ``status: failed`` 
 directory, and re-raises (a non-zero exit). Earlier records and runs are never touched. Inside a sweep, two outcomes
 are results rather than failures, recorded so the sweep goes on: a system unavailable here (``status: skipped``,
 no MLflow run) and a flexgnn plan that does not fit its budget (``status: infeasible`` with the reason, no
-result; its MLflow run is tagged ``status=infeasible`` and finished).
+result; its MLflow run is tagged ``status=infeasible`` and finished). Under ``hardware.memory_cap`` the load and the
+training run in a capped child process (``harness/capped.py``), and a job that runs out of memory under the cap
+is a result too, in single runs as in sweeps: ``status: oom``, its MLflow run tagged ``status=oom`` and finished.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness import capped as capping
 from harness import record as records
 from harness.config import ConfigError, Settings, validate
-from harness.systems import SystemUnavailable, calibrate, get_train_fn, preflight
+from harness.job import train_job
+from harness.systems import SystemUnavailable, get_train_fn, preflight
 from harness.tracking import PARENT_ID_FILE, Store
 
 RECORDS_SUBDIR = "records"
@@ -43,35 +46,6 @@ def _hydra_job() -> dict[str, Any]:
         parent_file = Path(hydra.sweep.dir) / PARENT_ID_FILE
         job["parent_run_id"] = parent_file.read_text().strip() if parent_file.exists() else None
     return job
-
-
-def _train(settings: Settings, train_fn: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load the graph and train; returns (graph statistics, result JSON with load time and peak memory)."""
-    from flexgnn_core.data import load_dataset
-    from flexgnn_core.memory import PeakMemoryMeter
-    from flexgnn_core.models import init_params
-    from flexgnn_core.spec import resolve_device
-
-    device = resolve_device(settings.train.device)
-    options, calibrate_s = calibrate(settings.system_name, settings.system_options, device)
-    start = time.perf_counter()
-    graph = load_dataset(settings.dataset_name, **settings.dataset_options)
-    load_s = time.perf_counter() - start
-    stats = {**graph.stats(), "provenance": graph.provenance}
-    log.info("%s %s (%d layers, hidden %d) on %s: %d nodes, %d edges, %d features, %d classes; %d epochs "
-             "(%d warm-up) on %s; loaded in %.2f s", settings.system_name, settings.model.kind,
-             settings.model.num_layers, settings.model.hidden, graph.name, graph.num_nodes, graph.num_edges,
-             graph.num_features, graph.num_classes, settings.train.epochs, settings.train.warmup_epochs,
-             settings.train.device, load_s)
-    params = init_params(settings.model, graph.num_features, graph.num_classes, settings.train.seed)
-    with PeakMemoryMeter(device) as meter:
-        result = train_fn(graph, settings.model, params, settings.train, options)
-    # A system that measures itself (e.g. worker processes) wins over the harness's in-process meter.
-    result.peak_bytes = {**meter.peak_bytes, **{k: v for k, v in result.peak_bytes.items() if v is not None}}
-    result.timings_s = {"load": load_s, **result.timings_s}
-    if calibrate_s:  # measured (or loaded) before the data, by the harness's calibration step
-        result.timings_s["calibrate"] = calibrate_s + result.timings_s.get("calibrate", 0.0)
-    return stats, result.to_json()
 
 
 def _takes(system_name: str) -> tuple[str, ...]:
@@ -116,8 +90,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         records.write_json(job["output_dir"] / "record.json", skipped, overwrite=True)
         log.warning("skipped: %s", error)
         return skipped
+    cap = capping.prepare(settings)  # None without hardware.memory_cap; fails here if nothing can cap memory
     if _secondary_rank(settings):  # under torchrun every rank runs the harness: rank 0 alone records
-        graph_stats, result = _train(settings, train_fn)
+        graph_stats, result = train_job(settings, train_fn)
         return records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     runs_dir = Path(cfg.runs_dir)
@@ -132,15 +107,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "parent_run_id": job.get("parent_run_id")} if store else None
     common["tracking"] = tracking
     try:
-        graph_stats, result = _train(settings, train_fn)
+        graph_stats, result = cap.train(config) if cap else train_job(settings, train_fn)
         if result["status"] == "infeasible" and not job.get("multirun"):  # a single run fails, naming the minimum
             raise ValueError(result["reason"])
+    except capping.OutOfMemory as error:
+        return _record_oom(error, common, job, runs_dir, store, run_id, config_yaml)
     except BaseException as error:
         _record_failure(error, common, job, store, run_id)
         raise
     if result["status"] == "infeasible":  # in a sweep, "this plan cannot fit this budget" is a result
         return _record_infeasible(result, common, job, runs_dir, store, run_id, config_yaml)
     record = records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
+    if cap:
+        record["memory_cap"] = records.jsonable(cap.facts)
     stable = _write(record, runs_dir, job)
     if store:
         try:
@@ -193,4 +172,20 @@ def _record_infeasible(result: dict[str, Any], common: dict[str, Any], job: dict
         store.client.set_tag(run_id, "error", str(error)[:5000])
         store.client.set_terminated(run_id, status="FINISHED")
     log.warning("infeasible: %s", error)
+    return record
+
+
+def _record_oom(error: capping.OutOfMemory, common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
+                store: Store | None, run_id: str | None, config_yaml: str) -> dict[str, Any]:
+    """A job that did not fit under ``hardware.memory_cap``: a ``status: oom`` record (the cap, the meters, what it
+    asked for; no result) kept like an ok one; its MLflow run tagged ``status=oom`` and finished."""
+    record = records.build_record(graph_stats=None, result=None, status="oom", error=str(error), **common)
+    record["memory_cap"] = records.jsonable(error.facts)
+    _write(record, runs_dir, job)
+    if store:
+        store.log_record(run_id, record, config_yaml)
+        store.client.set_tag(run_id, "status", "oom")
+        store.client.set_tag(run_id, "error", str(error)[:5000])
+        store.client.set_terminated(run_id, status="FINISHED")
+    log.warning("oom: %s", error)
     return record

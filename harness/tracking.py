@@ -148,6 +148,8 @@ def metrics_of(record: dict[str, Any]) -> list[tuple[str, float, int]]:
         rows.append((planning.get(name, f"time/{name}_s"), seconds, 0))
     peak = result.get("peak_bytes") or {}
     rows += [(spec.DEVICE_PEAK_BYTES, peak.get("device"), 0), (spec.HOST_PEAK_BYTES, peak.get("host"), 0)]
+    cap = record.get("memory_cap") or {}  # hardware.memory_cap: the kernel's meter of the whole job (oom runs too)
+    rows += [("mem/job_peak_bytes", cap.get("peak_bytes"), 0), ("mem/memory_cap_bytes", cap.get("cap_bytes"), 0)]
     for tier, size in (result.get("tier_peak_bytes") or {}).items():
         rows.append((f"mem/{tier}_accounted_peak_bytes", size, 0))
     for link, size in (result.get("io_bytes") or {}).items():

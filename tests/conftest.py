@@ -69,3 +69,18 @@ def mlflow_client(harness_dirs: SimpleNamespace, _mlflow_template_db: Path):
 
     shutil.copyfile(_mlflow_template_db, harness_dirs.root / "mlflow.db")
     return MlflowClient(tracking_uri=harness_dirs.uri)
+
+
+@pytest.fixture
+def memcap_mechanism():
+    """This machine's memory-cap mechanism (harness/memcap.py), or a skip that says why it has none, also as a
+    warning so that the reason shows in every test summary, not only under ``-rs``."""
+    import warnings
+
+    from harness import memcap
+
+    try:
+        return memcap.detect()
+    except memcap.MemcapUnavailable as error:
+        warnings.warn(f"memory-cap tests skipped: {error}")
+        pytest.skip(f"memory caps do not work on this machine: {error}")
