@@ -64,7 +64,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return str(value).replace("|", "\\|").replace("\n", "<br>")  # a multi-line note (pip's error) stays in its cell
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from baselines.dgl_device import DeviceChoice, choose_device
-from harness.report import summarize
+from harness.report import markdown, summarize
 
 
 @pytest.mark.parametrize("dgl_has_cuda", [False, True])
@@ -56,3 +56,11 @@ def test_summary_marks_a_cpu_fallback_and_gives_it_no_speedup_against_a_gpu_base
     # On a CPU machine the same systems compare as before.
     rows = {row["system"]: row for row in summarize([_record("pyg", "cpu", 0.2), _record("dgl", "cpu", 0.1)])}
     assert rows["dgl"]["speedup_vs_pyg"] == pytest.approx(2.0)
+
+
+def test_a_multi_line_skip_note_stays_in_its_markdown_cell():
+    skipped = {"system": "dgl", "model": "gcn", "dataset": "synthetic", "status": "skipped",
+               "error": "creating its pinned environment failed; its last lines:\nERROR: No matching distribution | x"}
+    table = markdown(summarize([skipped]))
+    assert len(table.strip().splitlines()) == 3  # header, rule, one row
+    assert "its last lines:<br>ERROR: No matching distribution \\| x |" in table
