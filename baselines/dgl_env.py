@@ -109,7 +109,8 @@ def _run_script(script: Path, env: Path, stream: TextIO) -> tuple[int, list[str]
     start = time.perf_counter()
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
     proc = subprocess.Popen(["bash", str(script)], cwd=REPO_ROOT, env={**os.environ, "FLEXGNN_DGL_ENV": str(env)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            bufsize=1)
     try:
         for line in proc.stdout:
             elapsed = int(time.perf_counter() - start)

@@ -37,6 +37,13 @@ if ! "$PYTHON" -c 'import sys; sys.exit(not (3, 8) <= sys.version_info[:2] <= (3
     exit 2
 fi
 
+# The directory is replaced whole; never one that holds something else than an environment (a mistyped path).
+if [[ -d "$ENV_DIR" && -n "$(ls -A "$ENV_DIR")" && ! -f "$ENV_DIR/pyvenv.cfg" ]]; then
+    echo "error: $ENV_DIR exists and is not a Python environment; not replacing it. Point FLEXGNN_DGL_ENV" \
+         "(or system.env_dir) at a new or empty directory, or remove it." >&2
+    exit 3
+fi
+
 start=$(date +%s)
 echo "Creating the DGL environment in $ENV_DIR with: $PINS_LINE"
 echo "(about 2.9 GB to download, 5.3 GB on disk; measured 199 s on 2 cores, longer on a slow link)"

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
+import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -178,3 +181,23 @@ def test_preflight_creates_the_environment_or_reports_the_failure_as_unavailable
     (stand_in["root"] / "fail").unlink()
     dgl_fullgraph.preflight(options)
     assert (stand_in["env"] / dgl_env.ENV_MARKER).read_text().strip() == PINS
+
+
+def _real_script(env: Path, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(dgl_env.CREATE_SCRIPT)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "FLEXGNN_DGL_ENV": str(env), **extra}, check=False)
+
+
+def test_real_script_refuses_to_replace_a_directory_that_is_not_an_environment(tmp_path):
+    precious = tmp_path / "my-data"
+    precious.mkdir()
+    (precious / "results.csv").write_text("keep me")
+    done = _real_script(precious)
+    assert done.returncode == 3 and "is not a Python environment; not replacing it" in done.stderr
+    assert (precious / "results.csv").read_text() == "keep me"
+
+
+def test_real_script_stops_at_once_on_an_unsuitable_python(tmp_path):
+    done = _real_script(tmp_path / "env", FLEXGNN_DGL_PYTHON=str(tmp_path / "no-python"))
+    assert done.returncode == 2 and "needs Python 3.8-3.12" in done.stderr and "FLEXGNN_DGL_PYTHON" in done.stderr
+    assert not (tmp_path / "env").exists()
