@@ -4,7 +4,9 @@
 
 ``baselines/dgl_fullgraph.py`` (main environment) writes ``JOB_DIR/job.json`` (model, train, graph directory) and
 ``JOB_DIR/params.npz`` (the shared initial parameters); this worker trains DGL's own layers on the whole graph on
-one device in the shared timed loop and writes ``result.json`` (the run record) and ``final_params.npz``.
+one device in the shared timed loop and writes ``result.json`` (the run record) and ``final_params.npz``. The device
+is ``baselines.dgl_device.choose_device``'s: on a CUDA machine with PyPI's CPU-only DGL, ``train.device=auto`` trains
+on the CPU with ``extra.device_fallback`` saying why.
 
 Layers and how the shared PyG-named parameters map onto them (exact: every DGL parameter is one shared tensor):
 
@@ -36,11 +38,12 @@ import torch.nn.functional as F
 from dgl.nn import GATConv, GINConv, GraphConv, SAGEConv
 from torch import Tensor, nn
 
+from baselines.dgl_device import choose_device
 from flexgnn_core.data.storage import load_graph
 from flexgnn_core.loop import synchronize, timed_training
 from flexgnn_core.memory import PeakMemoryMeter
 from flexgnn_core.models import masked_accuracy
-from flexgnn_core.spec import Graph, ModelSpec, TrainSpec, resolve_device
+from flexgnn_core.spec import Graph, ModelSpec, TrainSpec
 
 
 def to_dgl_graph(graph: Graph) -> dgl.DGLGraph:
@@ -149,12 +152,7 @@ def prepare_graph(graph: Graph, kind: str, device: torch.device) -> tuple[dgl.DG
     g = to_dgl_graph(graph)
     if kind in ("gcn", "gat"):
         g = dgl.add_self_loop(g)  # the graph is cleaned (no self-loops), so this adds exactly one per vertex
-    try:
-        g = g.to(device)
-    except dgl.DGLError as err:
-        raise RuntimeError(f"train.device={device}: this DGL build ({dgl.__version__}, {sys.prefix}) cannot use it "
-                           "(the PyPI wheel is CPU-only); run with train.device=cpu or install a CUDA build of "
-                           "dgl 2.1.0 from https://data.dgl.ai into that environment") from err
+    g = g.to(device)  # a CUDA device only where dgl_has_cuda() said this build can use it
     if kind != "gcn":
         return g, None, "none"
     in_deg, out_deg = g.in_degrees(), g.out_degrees()
@@ -165,11 +163,20 @@ def prepare_graph(graph: Graph, kind: str, device: torch.device) -> tuple[dgl.DG
     return g, deg_inv_sqrt[src] * deg_inv_sqrt[dst], "none"
 
 
+def dgl_has_cuda() -> bool:
+    """Whether this DGL build can use a CUDA GPU here: False for PyPI's CPU-only build (its GPU device API is
+    absent, which DGL reports as a device that does not exist) and on machines without a GPU."""
+    return bool(torch.cuda.is_available() and dgl.ndarray.gpu(0).exist)
+
+
 def run_job(job_dir: Path) -> None:
     job = json.loads((job_dir / "job.json").read_text())
     model = ModelSpec(**job["model"])
     train = TrainSpec(**{**job["train"], "progress": False})  # the worker's output is captured, not a terminal
-    device = resolve_device(train.device)
+    choice = choose_device(train.device, cuda_available=torch.cuda.is_available(), dgl_has_cuda=dgl_has_cuda())
+    device = torch.device(choice.device)
+    if choice.fallback:
+        print(f"dgl worker: {choice.fallback}", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
     graph = load_graph(job["graph_dir"])
@@ -209,7 +216,8 @@ def run_job(job_dir: Path) -> None:
                                 timings_s={"worker_load": load_s, "preprocess": preprocess_s},
                                 extra={"dgl_version": dgl.__version__, "torch_version": torch.__version__,
                                        "gcn_norm": gcn_norm if model.kind == "gcn" else None,
-                                       "python": sys.executable})
+                                       "python": sys.executable, "device_requested": train.device,
+                                       "device_fallback": choice.fallback})
     result.peak_bytes = meter.peak_bytes
     result.extra["host_peak_reset"] = meter.host_reset
     np.savez(job_dir / "final_params.npz", **{name: value.numpy() for name, value in result.final_params.items()})

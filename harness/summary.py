@@ -21,7 +21,7 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
     dataset_cfg = (record.get("config") or {}).get("dataset") or {}
     peak = result.get("peak_bytes") or {}
     accuracy = result.get("accuracy") or {}
-    return {
+    row = {
         "system": record.get("system"), "model": record.get("model"), "dataset": record.get("dataset"),
         "num_nodes": graph.get("num_nodes"), "num_edges": graph.get("num_edges"),
         "avg_degree": dataset_cfg.get("avg_degree"), "status": record.get("status"),
@@ -29,21 +29,27 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
         "speedup_vs_pyg": None, "val_acc": accuracy.get("val"), "test_acc": accuracy.get("test"),
         "host_peak_bytes": peak.get("host"), "device_peak_bytes": peak.get("device"),
         "note": record.get("error"),  # why a job failed or was skipped (e.g. DGL's environment is missing)
+        "device": result.get("device"),  # not a column: speed-ups compare runs on the same device only
     }
+    fallback = (result.get("extra") or {}).get("device_fallback")
+    if fallback:  # e.g. DGL on a CUDA machine: a CPU time in a GPU sweep, marked so
+        row["note"] = f"ran on {result.get('device')}, not the requested device: {fallback}"
+    return row
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows sorted by graph, model, system; speedup = pyg's median epoch / this median on the same graph+model."""
+    """Rows sorted by graph, model, system; speedup = pyg's median epoch / this median on the same graph+model and
+    the same device (a row that ran elsewhere, e.g. DGL's CPU fallback in a GPU sweep, gets none)."""
     rows = [row_of(record) for record in records]
 
     def key(row: dict[str, Any]) -> tuple:
         return (str(row["dataset"]), row["num_nodes"] or 0, row["num_edges"] or 0, str(row["model"]))
 
-    baseline = {key(row): row["median_epoch_s"] for row in rows
+    baseline = {key(row): (row["median_epoch_s"], row["device"]) for row in rows
                 if row["system"] == BASELINE and row["status"] == "ok" and row["median_epoch_s"]}
     for row in rows:
-        reference = baseline.get(key(row))
-        if reference and row["median_epoch_s"] and row["status"] == "ok":
+        reference, device = baseline.get(key(row), (None, None))
+        if reference and row["median_epoch_s"] and row["status"] == "ok" and row["device"] == device:
             row["speedup_vs_pyg"] = reference / row["median_epoch_s"]
     return sorted(rows, key=lambda row: (*key(row), str(row["system"])))
 
@@ -53,7 +59,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return str(value).replace("|", "\\|").replace("\n", "<br>")  # a multi-line note (pip's error) stays in its cell
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
