@@ -126,7 +126,8 @@ def chunk_bounds(num_nodes: int, num_chunks: int) -> list[tuple[int, int]]:
     """``num_chunks`` contiguous ranges of near-equal size; ``num_chunks`` must be in ``[1, num_nodes]``."""
     if not isinstance(num_chunks, int) or not 1 <= num_chunks <= num_nodes:
         raise ValueError(f"num_chunks={num_chunks!r} must be an integer in [1, num_nodes={num_nodes}]; "
-                         "lower num_chunks (a chunk holds at least one destination vertex)")
+                         f"{'raise' if not isinstance(num_chunks, int) or num_chunks < 1 else 'lower'} "
+                         "num_chunks (a chunk holds at least one destination vertex)")
     edges = torch.linspace(0, num_nodes, num_chunks + 1).round().long().tolist()
     return list(zip(edges[:-1], edges[1:]))
 

@@ -66,7 +66,8 @@ class Engine:
         num_chunks = options["num_chunks"]
         if not isinstance(num_chunks, int) or not 1 <= num_chunks <= graph.num_nodes:
             raise ValueError(f"num_chunks={num_chunks!r} must be an integer in [1, num_nodes={graph.num_nodes}]; "
-                             "lower num_chunks (each chunk holds at least one destination vertex)")
+                             f"{'raise' if not isinstance(num_chunks, int) or num_chunks < 1 else 'lower'} "
+                             "num_chunks (each chunk holds at least one destination vertex)")
         self.order = reorder(graph.rowptr, graph.col, options["reorder"], num_chunks)
         rowptr, col = relabel_csr(graph.rowptr, graph.col, self.order)
         rowptr, col, values = model_graph(rowptr, col, self.kind)
