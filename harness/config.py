@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from flexgnn_core.data import DATASETS
 from flexgnn_core.spec import ModelSpec, TrainSpec
+from harness.resume import sweep_dir
 
 CONF_ENV = "FLEXGNN_CONF"
 DATASET_NAMES = DATASETS  # the data layer's list is the one list of valid dataset names
@@ -84,12 +85,14 @@ class FilesDatasetConfig:
     split_seed: int = 0
     num_classes: Optional[int] = None
     symmetrize: bool = True
+    allow_empty: bool = False  # an edge list with no edges (after cleaning) is refused unless this is true
 
 
 @dataclass
 class SavedDatasetConfig:
     name: str = "saved"
     path: str = MISSING
+    allow_empty: bool = False
 
 
 @dataclass
@@ -160,6 +163,9 @@ class Config:
     # Index of a repeated job, no effect on training: a sweep lists `repeat: 0,1` (slowest-varying, so repeats
     # interleave) and the reports keep each job's fastest run, the least disturbed on a shared machine.
     repeat: int = 0
+    # Rerun the identical sweep command with resume=true: its latest sweep directory is continued, jobs whose
+    # record is complete (same config, same commit) are reused (harness/resume.py).
+    resume: bool = False
 
 
 def register_configs() -> None:
@@ -175,6 +181,7 @@ def register_configs() -> None:
 
 
 register_configs()
+OmegaConf.register_new_resolver("sweep_dir", sweep_dir, replace=True)  # hydra.sweep.dir in conf/config.yaml
 
 
 # --- validation ----------------------------------------------------------------------------------------------
@@ -216,6 +223,14 @@ def _check_budget_fraction(options: dict[str, Any]) -> None:
     if options.get("device_budget_bytes") is not None:
         raise ConfigError("config fields 'system.device_budget_fraction' and 'hardware.device_budget_bytes' are both "
                           "set, and each sets the device budget. Fix: drop one, e.g. hardware.device_budget_bytes=null")
+
+
+def _check_num_chunks(system_name: str, options: dict[str, Any]) -> None:
+    chunks = options.get("num_chunks")
+    if system_name == "flexgnn" and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
+        raise ConfigError(f"config field 'system.num_chunks': got {chunks!r}, must be an integer >= 1 (the number of "
+                          "destination chunks, at most the number of vertices). Fix: raise it, e.g. "
+                          f"system.num_chunks={FlexgnnSystemConfig.num_chunks}")
 
 
 @dataclass(frozen=True)
@@ -293,6 +308,7 @@ def validate(cfg: DictConfig) -> Settings:
                               f"system={system_name}. Fix: add system=flexgnn or drop planner=")
         options["policy"] = planner.get("name")
     _check_budget_fraction(options)
+    _check_num_chunks(system_name, options)
     options = {key: value for key, value in options.items() if value is not None or key in system}
     if train.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", train.device):
         raise ConfigError(f"config field 'hardware.device': got {train.device!r}. Fix: hardware.device=auto, cpu, "
