@@ -8,8 +8,11 @@ runs on every rank; the loss is the global mean over all train vertices, so the 
 
 Two ways to launch:
 - ``train(graph, model, params, train, options)`` (the harness: ``python -m harness system=ddp
-  system.world_size=2 model=sage``) partitions in the calling process, writes one shard per rank to a temporary
-  directory and starts ``world_size`` processes itself (``start_method`` forkserver by default), supervising them.
+  system.world_size=2 model=sage``) partitions in the calling process, writes one shard per rank to a job
+  directory ``$TMPDIR/ddp_job_*`` (it names its owner; a later job removes those of dead owners) and starts
+  ``world_size`` processes itself (``start_method`` forkserver by default), supervising them. The launcher serves
+  the rendezvous store on ``master_addr`` only (loopback by default), and the ranks' gloo / NCCL sockets use the
+  interface of that address.
 - ``torchrun --nproc-per-node=2 -m baselines.ddp_fullgraph --synthetic 20000`` (or ``--graph-dir DIR`` in our
   on-disk format; multi-node: ``torchrun --nnodes=2 --node-rank=K --master-addr=HOST --master-port=PORT ...``):
   every rank loads the graph, rank 0's partition is broadcast, each rank builds its own shard.
@@ -36,12 +39,12 @@ import os
 import socket
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
+import psutil
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -51,7 +54,7 @@ from baselines.ddp_halo import (PARTITIONS, CommCounters, LocalGraph, Shard, agg
                                 partition_vertices)
 from baselines.ddp_options import HARDWARE_KEYS, DDPOptions, backend_for, rank_device  # noqa: F401 (registry reads it)
 from baselines.ddp_supervise import DistributedJobError, stop, supervise, watch_parent  # noqa: F401 (raised here)
-from flexgnn_core import models
+from flexgnn_core import models, workdirs
 from flexgnn_core.loop import timed_training
 from flexgnn_core.memory import PeakMemoryMeter, cap_device_memory
 from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
@@ -171,8 +174,7 @@ def _spawned_rank(rank: int, job_dir: str, launcher_pid: int, launched_at: float
         cap_device_memory(device)  # under hardware.memory_cap: the device budget is this rank's hard limit on CUDA
         if device.type == "cpu":  # ranks on one host share its cores instead of each starting one thread per core
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.world_size))
-        dist.init_process_group(job["backend"], init_method=f"tcp://{opts.master_addr}:{job['port']}", rank=rank,
-                                world_size=opts.world_size, timeout=datetime.timedelta(seconds=opts.timeout_s))
+        _join_group(job["backend"], opts.master_addr, job["port"], rank, opts.world_size, opts.timeout_s)
         timings = {**job["timings_s"], "startup": time.time() - launched_at}
         result = _run_rank(job["shard"], job["model"], job["params"], job["train"], opts, device, timings)
         if rank == 0:
@@ -186,14 +188,36 @@ def _spawned_rank(rank: int, job_dir: str, launcher_pid: int, launched_at: float
         os._exit(1)  # skip atexit hooks: a broken process group can hang in its destructor
 
 
-def _free_port(addr: str, port: int | None) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((addr, port or 0))
-        except OSError as error:
-            raise ValueError(f"system.master_port={port} cannot be bound on {addr} ({error}); set "
-                             "system.master_port=null to pick a free port") from None
-        return probe.getsockname()[1]
+def _serve_rendezvous(addr: str, port: int | None, world_size: int, timeout_s: float) -> dist.TCPStore:
+    """The job's rendezvous store, served by the launching process on ``addr`` only. torch's TCPStore binds every
+    interface when it opens its own socket, so it gets one bound here (``master_listen_fd``); holding it from the
+    start also means no other job can take the port between choosing it and the ranks' start."""
+    family, kind, proto, _, address = socket.getaddrinfo(addr, port or 0, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.bind(address)
+        listener.listen(max(world_size, 16))
+    except OSError as error:
+        listener.close()
+        raise ValueError(f"system.master_port={port} cannot be bound on {addr} ({error}); set "
+                         "system.master_port=null to pick a free port") from None
+    port = listener.getsockname()[1]
+    return dist.TCPStore(addr, port, world_size, is_master=True, timeout=datetime.timedelta(seconds=timeout_s),
+                         wait_for_workers=False, master_listen_fd=listener.detach())  # the store closes it
+
+
+def _join_group(backend: str, addr: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+    """Join the job's process group through the launcher's store; gloo's and NCCL's own sockets go on the network
+    interface that holds ``addr`` (loopback by default) unless GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME say else."""
+    ip = socket.gethostbyname(addr)
+    interface = next((name for name, addresses in psutil.net_if_addrs().items()
+                      if any(a.address == ip for a in addresses)), None)
+    if interface is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(addr, port, world_size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 
 def _prepare(graph: Graph, model: ModelSpec, world_size: int, partition: str, seed: int) -> tuple[Tensor, tuple]:
@@ -212,7 +236,9 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
     if device.type == "cuda" and opts.world_size > torch.cuda.device_count():
         raise ValueError(f"system.world_size={opts.world_size} but only {torch.cuda.device_count()} CUDA device(s) "
                          "are visible; lower system.world_size or use train.device=cpu (gloo)")
-    port = _free_port(opts.master_addr, opts.master_port)
+    store = _serve_rendezvous(opts.master_addr, opts.master_port, opts.world_size, opts.timeout_s)
+    port = store.port
+    workdirs.reap_multiprocessing_leftovers()  # a killed launcher's forkserver socket folder
     start = time.perf_counter()
     parts, csr = _prepare(graph, model, opts.world_size, opts.partition, train.seed)
     partition_s = time.perf_counter() - start
@@ -223,8 +249,7 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
         # Ranks fork from a server that imported torch once; torch._dynamo is what Adam's constructor imports
         # lazily (about 2.5 s per process on this machine).
         context.set_forkserver_preload(["baselines.ddp_fullgraph", "torch._dynamo"])
-    with tempfile.TemporaryDirectory(prefix="ddp_job_") as tmp:
-        job_dir = Path(tmp)
+    with workdirs.owned_dir(None, prefix="ddp_job_") as job_dir:  # holds our pid; dead launchers' dirs are reaped
         for rank, shard in enumerate(shards):
             torch.save({"shard": shard, "model": model, "params": dict(params), "train": train, "opts": opts,
                         "device": str(device), "backend": backend, "port": port, "timings_s": timings},
@@ -239,6 +264,7 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
             supervise(processes, job_dir, opts)
         finally:
             stop(processes)
+            del store
         result: RunResult = torch.load(job_dir / "result.pt", weights_only=False)
     result.extra["rank_pids"] = [p.pid for p in processes]
     return result

@@ -179,7 +179,7 @@ def run_job(job_dir: Path) -> None:
         print(f"dgl worker: {choice.fallback}", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    graph = load_graph(job["graph_dir"])
+    graph = load_graph(job["graph_dir"], allow_empty=True)  # the harness checked the graph it wrote here
     load_s = time.perf_counter() - start
     with np.load(job_dir / "params.npz") as stored:
         params = {name: torch.from_numpy(stored[name].copy()) for name in stored.files}

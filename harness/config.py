@@ -22,6 +22,7 @@ from flexgnn_core.plan import Budgets
 from flexgnn_core.spec import ModelSpec, TrainSpec
 from harness.errors import ConfigError
 from harness.systems import SYSTEMS, SystemUnavailable, hardware_keys
+from harness.resume import sweep_dir
 
 CONF_ENV = "FLEXGNN_CONF"
 DATASET_NAMES = DATASETS  # the data layer's list is the one list of valid dataset names
@@ -86,12 +87,14 @@ class FilesDatasetConfig:
     split_seed: int = 0
     num_classes: Optional[int] = None
     symmetrize: bool = True
+    allow_empty: bool = False  # an edge list with no edges (after cleaning) is refused unless this is true
 
 
 @dataclass
 class SavedDatasetConfig:
     name: str = "saved"
     path: str = MISSING
+    allow_empty: bool = False
 
 
 @dataclass
@@ -126,7 +129,7 @@ class FlexgnnSystemConfig:
     """``flexgnn_core.engine`` options (conf/system/flexgnn.yaml); budgets in bytes come from the hardware group."""
 
     name: str = "flexgnn"
-    policy: str = "optimal"  # a solver of flexgnn_core/solvers.py SOLVERS; planner=NAME overrides
+    policy: str = "optimal"  # a solver of flexgnn_core/plan/solvers SOLVERS; planner=NAME overrides
     num_chunks: int = 4
     reorder: str = "none"
     order: str = "auto"
@@ -165,6 +168,9 @@ class Config:
     # Index of a repeated job, no effect on training: a sweep lists `repeat: 0,1` (slowest-varying, so repeats
     # interleave) and the reports keep each job's fastest run, the least disturbed on a shared machine.
     repeat: int = 0
+    # Rerun the identical sweep command with resume=true: its latest sweep directory is continued, jobs whose
+    # record is complete (same config, same commit) are reused (harness/resume.py).
+    resume: bool = False
 
 
 def register_configs() -> None:
@@ -180,6 +186,7 @@ def register_configs() -> None:
 
 
 register_configs()
+OmegaConf.register_new_resolver("sweep_dir", sweep_dir, replace=True)  # hydra.sweep.dir in conf/config.yaml
 
 
 # --- validation ----------------------------------------------------------------------------------------------
@@ -208,6 +215,14 @@ def parse_bytes(value: Any, field_name: str) -> int | None:
     if number <= 0 or number != number or number == float("inf"):
         raise ConfigError(f"config field '{field_name}': got {value!r}, must be > 0. Fix: {fix}")
     return int(number)
+
+
+def _check_num_chunks(system_name: str, options: dict[str, Any]) -> None:
+    chunks = options.get("num_chunks")
+    if system_name == "flexgnn" and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
+        raise ConfigError(f"config field 'system.num_chunks': got {chunks!r}, must be an integer >= 1 (the number of "
+                          "destination chunks, at most the number of vertices). Fix: raise it, e.g. "
+                          f"system.num_chunks={FlexgnnSystemConfig.num_chunks}")
 
 
 @dataclass(frozen=True)
@@ -283,6 +298,7 @@ def validate(cfg: DictConfig) -> Settings:
             raise ConfigError(f"config field 'planner': planner={planner.get('name')} plans the flexgnn engine, but "
                               f"system={system_name}. Fix: add system=flexgnn or drop planner=")
         options["policy"] = planner.get("name")
+    _check_num_chunks(system_name, options)
     if train.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", train.device):
         raise ConfigError(f"config field 'hardware.device': got {train.device!r}. Fix: hardware.device=auto, cpu, "
                           "cuda or cuda:N")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flexgnn_core import workdirs
 from flexgnn_core.kernels import long_index
 from flexgnn_core.spec import TIERS
 
@@ -79,7 +79,11 @@ class Buffer:
         else:
             path = store.disk_path(name)
             try:
-                array = np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
+                workdirs.reserve(path, self.nbytes)  # blocks allocated now: a full disk is this error, not SIGBUS
+                array = np.memmap(path, dtype=np.float32, mode="r+", shape=shape)
+            except workdirs.DiskFull:
+                store.close()
+                raise
             except OSError as error:
                 store.close()
                 raise OSError(f"disk tier: cannot create {self.nbytes} bytes at {path} ({error}); set disk_dir to "
@@ -156,9 +160,7 @@ class TierStore:
         if self._workdir is None:
             parent = self._disk_parent
             try:
-                if parent is not None:
-                    Path(parent).mkdir(parents=True, exist_ok=True)
-                self._workdir = Path(tempfile.mkdtemp(prefix="flexgnn-", dir=parent))
+                self._workdir = workdirs.make_owned(parent, prefix="flexgnn-")  # reaps dead runs' dirs
             except OSError as error:
                 raise OSError(f"disk tier: disk_dir={parent!r} is not writable ({error}); set disk_dir to a "
                               "writable directory") from error
