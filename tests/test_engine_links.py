@@ -17,6 +17,7 @@ from flexgnn_core import models, system
 from flexgnn_core.engine import prepare
 from flexgnn_core.models import init_params
 from flexgnn_core.plan import Plan, simulate
+from flexgnn_core.plan.problem import STAGING_THREADS, staging_bytes
 from flexgnn_core.spec import ModelSpec, TrainSpec
 from graphs import tricky_graph
 
@@ -52,7 +53,8 @@ def _budgets(kind: str, policy: str, num_chunks: int, tmp_path) -> dict:
         return {"device_budget_bytes": (low + high) // 2}
     unlimited = _run(kind, 1, {"policy": "all_device", "num_chunks": num_chunks}, tmp_path)
     need = unlimited.plan["predicted_peak_bytes"]["device"]
-    return {"device_budget_bytes": int(need * 0.8), "host_budget_bytes": int(need * 0.2)}
+    staging = STAGING_THREADS * staging_bytes(_problem(kind, num_chunks, None))  # the disk tier's, on the host
+    return {"device_budget_bytes": int(need * 0.8), "host_budget_bytes": int(need * 0.2) + staging}
 
 
 @pytest.mark.parametrize("kind", models.names())
@@ -88,7 +90,7 @@ def _mixed_placement(names) -> dict[str, str]:
     return {**placement, "h1": "device"}
 
 
-def _problem(kind: str, num_chunks: int, plan: Plan):
+def _problem(kind: str, num_chunks: int, plan: Plan | None):
     """The engine's own Problem for this graph, model and P (``engine.prepare``, as the flexgnn system does)."""
     model, params = _params(kind)
     return prepare(GRAPH, model, params, num_chunks).problem
