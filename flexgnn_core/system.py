@@ -29,6 +29,7 @@ from torch import Tensor
 
 from flexgnn_core import calibrate
 from flexgnn_core.engine import execute, prepare, rechunk
+from flexgnn_core.evaluate import Evaluation
 from flexgnn_core.plan import Budgets, Plan, custom_plan, simulate
 from flexgnn_core.plan import cost
 from flexgnn_core.plan.cost import Hardware
@@ -94,8 +95,6 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
           options: Mapping[str, Any]) -> RunResult:
     """Train ``model`` on the whole ``graph`` with the FlexGNN engine (see the module docstring)."""
     opts, budgets = parse_options(options)
-    if model.dropout != 0:
-        raise ValueError(f"model.dropout={model.dropout}: the flexgnn engine supports dropout=0 only")
     device = resolve_device(train.device)
     prepared = prepare(graph, model, params, opts["num_chunks"], opts["reorder"], opts["order"], budgets)
     needs_rates = opts["placement"] is None and opts["policy"] in NEEDS_HARDWARE
@@ -126,7 +125,7 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
                          extra={**extra, "policy": plan.policy, "num_chunks": plan.num_chunks},
                          status="infeasible", reason=f"plan '{plan.policy}' is infeasible: {plan.reason}")
     return execute(prepared, plan, params, train, disk_dir=opts["disk_dir"], prefetch=bool(opts["prefetch"]),
-                   timings_s=timings, extra=extra)
+                   timings_s=timings, extra=extra, evaluation=Evaluation.of(graph))
 
 
 __all__ = ["SYSTEM", "OPTIONS", "HARDWARE_KEYS", "Plan", "calibrate_options", "hardware_for", "parse_options",
