@@ -137,7 +137,8 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
         timings_s["worker_total"] = time.perf_counter() - start  # interpreter start, imports, load, train, eval
 
         record = json.loads((job_dir / "result.json").read_text())
-        final_params, best_params = _load_params(job_dir / "final_params.npz"), _load_params(job_dir / "best_params.npz")
+        final_params = _load_params(job_dir / "final_params.npz")
+        best_params = _load_params(job_dir / "best_params.npz")
         preds = {which: torch.from_numpy(np.load(job_dir / f"pred_{which}.npy")) for which in ("final", "best_val")
                  if (job_dir / f"pred_{which}.npy").is_file()}
     evaluation = Evaluation.of(graph)

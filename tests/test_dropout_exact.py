@@ -106,3 +106,23 @@ def test_ddp_matches_pyg_for_every_model():
 def test_dgl_matches_pyg(kind):
     model, params, reference = _reference(kind)
     _assert_same_curve(dgl_fullgraph.train(GRAPH, model, params, TRAIN, {}), reference, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_bench_dropout_agg0_prints_json_last():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "dropout_agg0.py"
+    done = subprocess.run([sys.executable, str(script), "--nodes", "400", "--features", "8", "--hidden", "16",
+                           "--epochs", "3", "--repeats", "2", "--models", "gcn,sage", "--profile", "h200"],
+                          capture_output=True, text=True, timeout=600, check=True)
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["bench"] == "dropout_agg0" and [r["model"] for r in record["results"]] == ["gcn", "sage"]
+    for result in record["results"]:
+        assert result["problem_input_dropout"] and result["placement_agg0"] != "recompute"
+        assert result["predicted_epoch_s"]["planner"] <= result["predicted_epoch_s"]["recompute_agg0"]
+        assert max(result["loss_rel_diff_vs_pyg"].values()) < 1e-5
+        assert len(result["per_repeat_median_s"]["planner"]) == 2
