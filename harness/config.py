@@ -31,7 +31,8 @@ DATASET_SIZE_KEYS = ("num_nodes", "avg_degree", "num_features", "num_classes")
 HARDWARE_BYTE_KEYS = ("device_budget_bytes", "host_budget_bytes")
 # hardware-group key -> the option name a system declares in its HARDWARE_KEYS
 HARDWARE_OPTIONS = {"device_budget_bytes": "device_budget_bytes", "host_budget_bytes": "host_budget_bytes",
-                    "device_budget_fraction": "device_budget_fraction", "disk_dir": "disk_dir", "profile": "hardware"}
+                    "device_budget_fraction": "device_budget_fraction", "disk_dir": "disk_dir", "profile": "hardware",
+                    "memory_cap": "memory_cap"}
 
 def conf_dir() -> Path:
     """The top-level ``conf/`` of this checkout (``$FLEXGNN_CONF`` overrides, e.g. for a non-editable install)."""
@@ -135,7 +136,7 @@ class FlexgnnSystemConfig:
 
     name: str = "flexgnn"
     policy: str = "optimal"  # a solver of flexgnn_core/plan/solvers SOLVERS; planner=NAME overrides
-    num_chunks: int = 4
+    num_chunks: Optional[int] = None  # null: the planner picks P
     reorder: str = "none"
     order: str = "auto"
     prefetch: bool = True
@@ -227,10 +228,12 @@ def parse_bytes(value: Any, field_name: str) -> int | None:
 
 def _check_num_chunks(system_name: str, options: dict[str, Any]) -> None:
     chunks = options.get("num_chunks")
+    if chunks is None:  # the planner picks P
+        return
     if system_name == "flexgnn" and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
         raise ConfigError(f"config field 'system.num_chunks': got {chunks!r}, must be an integer >= 1 (the number of "
-                          "destination chunks, at most the number of vertices). Fix: raise it, e.g. "
-                          f"system.num_chunks={FlexgnnSystemConfig.num_chunks}")
+                          "destination chunks, at most the number of vertices), or null for the planner to pick. "
+                          "Fix: raise it, e.g. system.num_chunks=4, or system.num_chunks=null")
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,7 @@ def _hardware_options(hardware: dict[str, Any], system_name: str) -> tuple[dict[
         raise ConfigError(f"config field 'hardware.{key}': {error}. Fix: e.g. hardware.{key}=null, or a value in "
                           "range (budgets: a size like 512MiB; fraction: in (0, 1])") from None
     values["disk_dir"], values["profile"] = hardware.get("disk_dir"), hardware.get("profile")
+    values["memory_cap"] = parse_bytes(hardware.get("memory_cap"), "hardware.memory_cap")
     try:
         takes = hardware_keys(system_name)
     except SystemUnavailable:  # the run says why the system cannot run (a sweep records it as skipped)
@@ -346,6 +350,6 @@ def _hardware_options(hardware: dict[str, Any], system_name: str) -> tuple[dict[
                           f"but system={system_name}. Fix: add system=flexgnn or drop hardware.profile=")
     chosen = {HARDWARE_OPTIONS[key]: value for key, value in values.items()
               if value is not None and HARDWARE_OPTIONS[key] in takes}
-    ignored = [f"hardware.{key}" for key, value in values.items()
-               if value is not None and HARDWARE_OPTIONS[key] not in takes]
+    ignored = [f"hardware.{key}" for key, value in values.items()  # the harness enforces memory_cap for all
+               if value is not None and HARDWARE_OPTIONS[key] not in takes and key != "memory_cap"]
     return chosen, ignored

@@ -19,6 +19,7 @@ from flexgnn_core import models, system
 from flexgnn_core.engine import prepare
 from flexgnn_core.models import init_params
 from flexgnn_core.plan import Plan, simulate
+from flexgnn_core.plan.problem import STAGING_THREADS, staging_bytes
 from flexgnn_core.spec import ModelSpec, TrainSpec
 from graphs import tricky_graph
 
@@ -54,7 +55,8 @@ def _budgets(kind: str, policy: str, num_chunks: int, tmp_path, dropout: float =
         return {"device_budget_bytes": (low + high) // 2}
     unlimited = _run(kind, 1, {"policy": "all_device", "num_chunks": num_chunks}, tmp_path, dropout)
     need = unlimited.plan["predicted_peak_bytes"]["device"]
-    return {"device_budget_bytes": int(need * 0.8), "host_budget_bytes": int(need * 0.2)}
+    staging = STAGING_THREADS * staging_bytes(_problem(kind, num_chunks, None))  # the disk tier's, on the host
+    return {"device_budget_bytes": int(need * 0.8), "host_budget_bytes": int(need * 0.2) + staging}
 
 
 @pytest.mark.parametrize("kind", models.names())
@@ -111,7 +113,7 @@ def _mixed_placement(names) -> dict[str, str]:
     return {**placement, "h1": "device"}
 
 
-def _problem(kind: str, num_chunks: int, plan: Plan, dropout: float = 0.0):
+def _problem(kind: str, num_chunks: int, plan: Plan | None, dropout: float = 0.0):
     """The engine's own Problem for this graph, model and P (``engine.prepare``, as the flexgnn system does)."""
     model, params = _params(kind, dropout)
     return prepare(GRAPH, model, params, num_chunks).problem

@@ -14,6 +14,7 @@ from flexgnn_core import models, system
 from flexgnn_core.models import init_params
 from flexgnn_core.plan import (Plan, Problem, custom_plan, fixed_device_bytes, intermediates, layer_orders, simulate,
                                working_set_bytes)
+from flexgnn_core.plan.problem import STAGING_THREADS, staging_bytes
 from flexgnn_core.plan.solvers import SOLVERS, solve
 from flexgnn_core.spec import ModelSpec, TrainSpec
 from graphs import tricky_graph
@@ -111,7 +112,8 @@ def test_greedy_with_everything_fitting_equals_all_device_and_host_budget_sends_
     problem = _problem(budget=10**12)
     assert solve(problem, "flexgnn_greedy").placement == solve(problem, "all_device").placement
     need = simulate(solve(problem, "all_device"), problem)["peak_bytes"]["device"]
-    tight = _problem(budget=int(need * 0.7), host=int(need * 0.2))
+    staging = STAGING_THREADS * staging_bytes(problem)  # the disk tier's buffers, host memory
+    tight = _problem(budget=int(need * 0.7), host=int(need * 0.05) + staging)
     tiers = {where for _, where in solve(tight, "flexgnn_greedy").placement}
     assert tiers == {"device", "host", "disk"}
 

@@ -107,7 +107,8 @@ def test_engine_resolves_the_fraction_against_the_all_device_peak_at_its_p():
 
 def test_single_infeasible_run_exits_nonzero_with_the_reason(run_harness, harness_dirs, mlflow_client):
     harness_dirs.env["OMP_NUM_THREADS"] = "1"  # tiny kernels: 2 threads on a busy 2-core machine stall for seconds
-    done = run_harness("+debug=fast", "system=flexgnn", "planner=all_device", "hardware.device_budget_fraction=0.5")
+    done = run_harness("+debug=fast", "system=flexgnn", "planner=all_device", "hardware.device_budget_fraction=0.5",
+                       "system.num_chunks=4")  # a fixed P: with P free the planner would find one that fits
     assert done.returncode == 1 and done.stdout == ""
     assert "error: plan 'all_device' is infeasible: device needs" in done.stderr and "minimum for P=4" in done.stderr
     assert not (harness_dirs.runs_dir / "records").exists()  # a failure: only the job dir holds a record

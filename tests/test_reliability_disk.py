@@ -93,7 +93,7 @@ def test_a_disk_tier_larger_than_the_file_system_is_an_error_not_sigbus(small_tm
         """)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, f"exit {done.returncode}: {done.stderr[-2000:]}"
-    assert "DiskFull" in done.stderr and "hardware.disk_dir: cannot reserve 4000000 bytes" in done.stderr
+    assert "DiskFull" in done.stderr and "hardware.disk_dir: cannot reserve 4001792 bytes" in done.stderr  # whole blocks
     assert list(small_tmpfs.iterdir()) == []
 
 

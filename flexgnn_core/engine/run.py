@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from flexgnn_core import machine
 from flexgnn_core.engine.executor import Engine
 from flexgnn_core.evaluate import Evaluation, predictions
 from flexgnn_core.engine.prepare import Prepared
@@ -21,6 +22,7 @@ from flexgnn_core.engine.tiers import TierStore
 from flexgnn_core.loop import timed_training
 from flexgnn_core.memory import PeakMemoryMeter
 from flexgnn_core.plan import Plan
+from flexgnn_core.plan.problem import staging_bytes
 from flexgnn_core.spec import RunResult, TrainSpec, resolve_device
 
 SYSTEM = "flexgnn"
@@ -36,7 +38,8 @@ def execute(prepared: Prepared, plan: Plan, params: Mapping[str, Tensor], train:
         order = prepared.order.perm
         evaluation = Evaluation(_in_graph_order(prepared.y, order),
                                 {split: _in_graph_order(mask, order) for split, mask in prepared.masks.items()})
-    with TierStore(device, disk_dir) as store:
+    io_before = machine.process_io()
+    with TierStore(device, disk_dir, staging_bytes(prepared.problem)) as store:
         engine = Engine(prepared, plan, params, device, store, prefetch=prefetch, seed=train.seed)
         engine.allocate()
         spec = prepared.spec
@@ -60,6 +63,7 @@ def execute(prepared: Prepared, plan: Plan, params: Mapping[str, Tensor], train:
                                     evaluation=evaluation, final_params=lambda: engine.params,
                                     timings_s=dict(timings_s or {}), plan=plan.to_json())
         counters = store.counters
+        io_after, disk_actual = machine.process_io(), store.disk_actual()
         result.peak_bytes = meter.peak_bytes
         result.tier_peak_bytes = dict(counters.peak)
         result.io_bytes = dict(counters.links)
@@ -68,6 +72,13 @@ def execute(prepared: Prepared, plan: Plan, params: Mapping[str, Tensor], train:
             **dict(extra or {}), "policy": plan.policy, "num_chunks": plan.num_chunks,
             "prefetch_fetch_s": counters.fetch_s, "prefetch_wait_s": counters.wait_s,
             "prefetch_hidden_s": counters.hidden_s, "device_budget_bytes": budget,
+            # what the disk tier's system calls moved (whole aligned blocks; io_bytes has the rows the plan moved),
+            # and what this process made the storage devices read and write over the same window (/proc/self/io)
+            "disk_actual_bytes": disk_actual, "disk_modes": sorted(store.disk_modes),
+            "proc_io_bytes": None if io_before is None or io_after is None else
+            {key: io_after[key] - io_before[key] for key in io_after},
+            "threads": {"torch": torch.get_num_threads(), "prefetch": 1 if prefetch else 0,
+                        "cores": machine.cores()},
             "device_within_budget": None if budget is None else counters.peak["device"] <= budget,
             "cuda_within_budget": (None if budget is None or device.type != "cuda"
                                    else meter.peak_bytes["device"] <= budget),

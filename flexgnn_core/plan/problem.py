@@ -26,6 +26,12 @@ PLACEMENTS = TIERS + ("recompute",)
 ORDERS = ("aggregate_first", "transform_first")
 ORDER_RULES = ("auto",) + ORDERS
 FLOAT = 4
+# The disk tier moves rows through page-aligned staging buffers in host memory, one per thread that touches it
+# (the engine's and the prefetch thread), held whenever anything is on disk (engine/diskfile.py): each as large as
+# the largest transfer a step makes, at most MAX_STAGING_BYTES (larger transfers go in pieces).
+MAX_STAGING_BYTES = 8 * 2**20
+STAGING_THREADS = 2
+ALIGN = 4096
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,14 @@ class Problem:
     input_dropout: bool = False
     hidden_dropout: bool = False
     attention_dropout: bool = False
+    # device + host together (on a CPU machine one RAM holds both; under a memory cap); None = no joint bound
+    memory_budget_bytes: int | None = None
 
     def __post_init__(self) -> None:
         Budgets(self.device_budget_bytes, self.host_budget_bytes)  # the one validation of budgets
+        if self.memory_budget_bytes is not None and (isinstance(self.memory_budget_bytes, bool) or
+                                                     not isinstance(self.memory_budget_bytes, int)):
+            raise ValueError(f"memory_budget_bytes={self.memory_budget_bytes!r} must be an integer or None")
 
     @property
     def num_layers(self) -> int:
@@ -162,6 +173,17 @@ def intermediates(problem: Problem, orders: tuple[str, ...]) -> list[Intermediat
     return items
 
 
+def staging_bytes(problem: Problem) -> int:
+    """One disk staging buffer: the largest rows-or-halo transfer of the widest row, in whole aligned blocks plus a
+    block at each end, at most ``MAX_STAGING_BYTES``. ``STAGING_THREADS`` of them are held while anything is on
+    disk."""
+    widths = list(problem.dims) + [transform_width(problem, layer) for layer in range(problem.num_layers)]
+    rows = max(problem.max_chunk_rows, problem.max_halo_rows) * max(widths)
+    edges = problem.max_chunk_edges * problem.heads if problem.attention else 0  # att{l}: a chunk's edge range
+    largest = max(rows, edges) * FLOAT
+    return min(MAX_STAGING_BYTES, -(-largest // ALIGN) * ALIGN + 2 * ALIGN)
+
+
 def fixed_device_bytes(problem: Problem) -> int:
     """Always on the device: parameters, their gradients and Adam's two moments; labels and train mask."""
     return 4 * problem.param_bytes + problem.num_nodes * 9
@@ -207,6 +229,7 @@ class Plan:
     min_device_budget_bytes: int
     feasible: bool
     reason: str = ""
+    memory_budget_bytes: int | None = None  # device + host together (see Problem)
 
     def where(self, name: str) -> str:
         return dict(self.placement)[name]
@@ -230,8 +253,8 @@ class Plan:
         mib = lambda b: "unlimited" if b is None else f"{b / 2**20:.1f} MiB"  # noqa: E731
         lines = [f"plan {self.policy}: P={self.num_chunks} feasible={self.feasible}"
                  + (f" ({self.reason})" if self.reason else ""),
-                 f"  budgets: device {mib(self.device_budget_bytes)}, host {mib(self.host_budget_bytes)}; "
-                 f"min device {mib(self.min_device_budget_bytes)}",
+                 f"  budgets: device {mib(self.device_budget_bytes)}, host {mib(self.host_budget_bytes)}, "
+                 f"device + host {mib(self.memory_budget_bytes)}; min device {mib(self.min_device_budget_bytes)}",
                  "  predicted peak: " + ", ".join(f"{t} {mib(b)}" for t, b in self.predicted_peak_bytes),
                  "  orders: " + ", ".join(self.orders),
                  "  placement: " + ", ".join(f"{name}={where}" for name, where in self.placement)]

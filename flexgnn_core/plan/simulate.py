@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from flexgnn_core.plan.problem import (FLOAT, PLACEMENTS, Plan, Problem, check_placement, fixed_device_bytes,
-                                       intermediates, layer_orders, transform_width, working_set_bytes)
+from flexgnn_core.plan.problem import (FLOAT, PLACEMENTS, STAGING_THREADS, Plan, Problem, check_placement,
+                                       fixed_device_bytes, intermediates, layer_orders, staging_bytes,
+                                       transform_width, working_set_bytes)
 from flexgnn_core.spec import TIERS
 
 
@@ -107,7 +108,8 @@ def simulate(plan: Plan, problem: Problem) -> dict[str, dict[str, int]]:
     "transfer_ops": chunk-level transfers per epoch}``.
 
     Peaks: fixed device bytes + one chunk's working set + every stored intermediate on its tier (buffers live for
-    the whole run). Links: the bytes one steady-state epoch moves, exactly as the engine counts them.
+    the whole run), and on the host the disk tier's staging buffers when anything is on disk. Links: the bytes one
+    steady-state epoch moves, exactly as the engine counts them.
     """
     items = {item.name: item for item in intermediates(problem, plan.orders)}
     placement = dict(plan.placement)
@@ -116,6 +118,8 @@ def simulate(plan: Plan, problem: Problem) -> dict[str, dict[str, int]]:
     for name, where in plan.placement:
         if where != "recompute":
             peak[where] += items[name].nbytes
+    if peak["disk"]:  # the disk tier's staging buffers are host memory
+        peak["host"] += STAGING_THREADS * staging_bytes(problem)
     links = {"h2d": 0, "d2h": 0, "disk_read": 0, "disk_write": 0, "ops": 0}
     for term in link_terms(problem):
         if term.applies(placement):
@@ -139,8 +143,14 @@ def make_plan(policy: str, problem: Problem, orders: tuple[str, ...], placement:
                        "budget, move intermediates off the device or raise num_chunks)")
     if problem.host_budget_bytes is not None and peak["host"] > problem.host_budget_bytes:
         reasons.append(f"host needs {peak['host']} bytes > host_budget_bytes={problem.host_budget_bytes}")
+    memory = peak["device"] + peak["host"]
+    if problem.memory_budget_bytes is not None and memory > problem.memory_budget_bytes:
+        least = fixed_device_bytes(problem) + working_set_bytes(problem) + problem.graph_bytes
+        reasons.append(f"device + host need {memory} bytes > memory budget {problem.memory_budget_bytes} (least at "
+                       f"P={problem.num_chunks}, everything else on disk or recomputed: {least} bytes)")
     return Plan(policy, problem.num_chunks, orders, tuple(placement.items()), problem.device_budget_bytes,
-                problem.host_budget_bytes, tuple(peak.items()), minimum, not reasons, "; ".join(reasons))
+                problem.host_budget_bytes, tuple(peak.items()), minimum, not reasons, "; ".join(reasons),
+                problem.memory_budget_bytes)
 
 
 def custom_plan(problem: Problem, placement: dict[str, str], policy: str = "custom") -> Plan:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from flexgnn_core.plan import cost
+from flexgnn_core.plan.chunking import estimate_chunk_stats, problem_for
 from flexgnn_core.plan.cost import Hardware
 from flexgnn_core.plan.problem import Plan, Problem
 from flexgnn_core.plan.solvers.milp import make_optimal, optimal, optimal_p
@@ -40,4 +42,28 @@ def solve(problem: Problem, policy: str, hardware: Hardware | None = None) -> Pl
     return SOLVERS[policy](problem, hardware)
 
 
-__all__ = ["SOLVERS", "NEEDS_HARDWARE", "Solver", "check_name", "solve", "make_optimal"]
+# Chunk counts a P search tries: a power-of-two ladder up to where a chunk of a 100M-vertex graph is ~100k rows.
+SEARCH_COUNTS = tuple(2**k for k in range(11))
+
+
+def rank_over_p(problem: Problem, policy: str, hardware: Hardware | None = None,
+                counts: tuple[int, ...] = SEARCH_COUNTS) -> tuple[list[tuple[float, Plan]], Plan]:
+    """Solver ``policy`` at every P in ``counts`` (chunk statistics estimated from ``problem``'s own P):
+    ``(ranked, fallback)``: the feasible plans best first (fastest predicted on ``hardware``, else smallest P),
+    and the plan to report when none is feasible (the one at the largest P, whose reason names what is missing).
+    The caller cuts the graph at a ranked P and solves there exactly (estimates can be off)."""
+    check_name(policy)
+    ranked, fallback = [], None
+    for count, stats in sorted(estimate_chunk_stats(problem, counts).items()):
+        candidate = problem_for(problem, stats, count)
+        plan = SOLVERS["optimal" if policy == "optimal_p" else policy](candidate, hardware)
+        if plan.feasible:
+            key = cost.predict(plan, candidate, hardware).epoch_s if hardware is not None else float(count)
+            ranked.append((key, plan))
+        fallback = plan
+    ranked.sort(key=lambda entry: (entry[0], entry[1].num_chunks))
+    return ranked, fallback
+
+
+__all__ = ["SOLVERS", "NEEDS_HARDWARE", "SEARCH_COUNTS", "Solver", "check_name", "make_optimal", "rank_over_p",
+           "solve"]

@@ -7,7 +7,8 @@ For each P it solves one MILP with scipy's HiGHS:
 
     binary x[i, p] (intermediate i on placement p), binary o[l] (layer l transforms first), continuous tau
     sum_p x[i, p] = 1, or = 1 - o[l] for agg{l}, or = o[l] for t{l} and grad_t{l}
-    sum_i bytes_i x[i, device] <= device budget - fixed bytes - working set;  likewise host
+    sum_i bytes_i x[i, device] <= device budget - fixed bytes - working set;  likewise host (+ the disk tier's
+    staging when any x[i, disk]: a binary z >= x[i, disk]) and device + host <= the memory budget (CPU: one RAM)
     C = sum_l base_l(order) + sum compute[i, p] x[i, p]
     T = sum transfer[i, p] x[i, p] + sum transfer[a, b] y[a, b]
     tau >= C,  tau >= C + T - overlap (P-1)/P C;  minimise tau
@@ -32,8 +33,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from flexgnn_core.plan import cost
 from flexgnn_core.plan.chunking import STAT_FIELDS, estimate_chunk_stats, problem_for
 from flexgnn_core.plan.cost import Hardware
-from flexgnn_core.plan.problem import (Plan, Problem, fixed_device_bytes, free_orders, intermediates, layer_orders,
-                                       working_set_bytes)
+from flexgnn_core.plan.problem import (STAGING_THREADS, Plan, Problem, fixed_device_bytes, free_orders,
+                                       intermediates, layer_orders, staging_bytes, working_set_bytes)
 from flexgnn_core.plan.simulate import make_plan
 
 
@@ -58,7 +59,8 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
     products = [(a, b, seconds(links)) for a, b, links in cost.pair_link_bytes(problem)
                 if a[0] in by_name and b[0] in by_name and seconds(links) != 0]
     nx, no, ny = len(pairs), layers, len(products)
-    nv = nx + no + ny + 1  # x[i, p], o[l], y (one per product of two placements), tau
+    nv = nx + no + ny + 2  # x[i, p], o[l], y (one per product of two placements), z (anything on disk), tau
+    uses_disk = nv - 2
     compute = np.zeros(nv)  # coefficients of C
     transfer = np.zeros(nv)
     constant = 0.0
@@ -100,15 +102,24 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
         elif kind != "any":
             present = float((fixed[layer] == "transform_first") == (kind == "tf"))
         rows.append(row), lo.append(present), hi.append(present)
-    budgets = {"device": None if problem.device_budget_bytes is None else
-               problem.device_budget_bytes - fixed_device_bytes(problem) - working_set_bytes(problem),
-               "host": problem.host_budget_bytes}
-    if budgets["device"] is not None and budgets["device"] < 0:
+    for k, (_, where) in enumerate(pairs):  # z >= x[i, disk]: the disk tier's staging buffers are then held
+        if where == "disk":
+            row = np.zeros(nv)
+            row[uses_disk], row[k] = 1, -1
+            rows.append(row), lo.append(0.0), hi.append(np.inf)
+    outside = fixed_device_bytes(problem) + working_set_bytes(problem)
+    budgets = {("device",): None if problem.device_budget_bytes is None else problem.device_budget_bytes - outside,
+               ("host",): problem.host_budget_bytes,
+               ("device", "host"): None if problem.memory_budget_bytes is None else
+               problem.memory_budget_bytes - outside}
+    if any(capacity is not None and capacity < 0 for capacity in budgets.values()):
         return None
-    for tier, capacity in budgets.items():
+    for tiers, capacity in budgets.items():
         if capacity is not None:
             row = np.zeros(nv)
-            row[[k for k, (n, w) in enumerate(pairs) if w == tier]] = [by_name[n].nbytes for n, w in pairs if w == tier]
+            row[[k for k, (n, w) in enumerate(pairs) if w in tiers]] = [by_name[n].nbytes for n, w in pairs
+                                                                      if w in tiers]
+            row[uses_disk] = STAGING_THREADS * staging_bytes(problem) if "host" in tiers else 0
             rows.append(row / max(capacity, 1)), lo.append(-np.inf), hi.append(capacity / max(capacity, 1))
     tau = np.zeros(nv)
     tau[-1] = 1
@@ -119,6 +130,7 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
     lo.append((1 - hidden_share) * constant / scale), hi.append(np.inf)
     integrality = np.ones(nv)
     integrality[nx + no:] = 0  # products and tau are continuous (the McCormick rows make y exact)
+    integrality[uses_disk] = 1
     upper = np.ones(nv)
     upper[-1] = np.inf
     if fixed is not None:
@@ -187,8 +199,10 @@ def _solve_placement(problem: Problem, hw: Hardware, fixed) -> tuple[dict, tuple
         if plan.feasible:
             return solved
         peak = dict(plan.predicted_peak_bytes)
+        peak["memory"] = peak["device"] + peak["host"]
         over = {tier: peak[tier] - budget for tier, budget in (("device", problem.device_budget_bytes),
-                                                                ("host", problem.host_budget_bytes))
+                                                                ("host", problem.host_budget_bytes),
+                                                                ("memory", problem.memory_budget_bytes))
                 if budget is not None and peak[tier] > budget}
         current = replace(current, **{f"{tier}_budget_bytes": getattr(current, f"{tier}_budget_bytes") - extra
                                       for tier, extra in over.items()})

@@ -7,8 +7,8 @@ Every solver has the registry's signature ``solve(problem, hardware) -> Plan`` (
 from __future__ import annotations
 
 from flexgnn_core.plan.cost import Hardware
-from flexgnn_core.plan.problem import (Intermediate, Plan, Problem, fixed_device_bytes, intermediates, layer_orders,
-                                       working_set_bytes)
+from flexgnn_core.plan.problem import (STAGING_THREADS, Intermediate, Plan, Problem, fixed_device_bytes,
+                                       intermediates, layer_orders, staging_bytes, working_set_bytes)
 from flexgnn_core.plan.simulate import make_plan
 
 
@@ -32,17 +32,40 @@ def device_room(problem: Problem) -> int | None:
     return problem.device_budget_bytes - fixed_device_bytes(problem) - working_set_bytes(problem)
 
 
+def _memory_room(problem: Problem) -> int | None:
+    """Device + host bytes left for intermediates and the graph under the joint memory budget."""
+    if problem.memory_budget_bytes is None:
+        return None
+    return problem.memory_budget_bytes - fixed_device_bytes(problem) - working_set_bytes(problem)
+
+
 def _capacity_walk(problem: Problem, items: list[Intermediate]) -> dict[str, str]:
     """FlexGNN's released rule: graph first, then intermediates from the deepest layer back to the first, each on
-    the device if it still fits the budget, else on the host if it fits there, else on disk."""
+    the device if it still fits the budget, else on the host if it fits there, else on disk (a joint memory budget,
+    device + host, is drawn on by both). When anything lands on disk, the walk is made again with the disk tier's
+    staging buffers (host memory) set aside first."""
+    placement = _walk(problem, items, staging=0)
+    if "disk" in placement.values():
+        placement = _walk(problem, items, staging=STAGING_THREADS * staging_bytes(problem))
+    return placement
+
+
+def _walk(problem: Problem, items: list[Intermediate], staging: int) -> dict[str, str]:
     free = {"device": device_room(problem), "host": problem.host_budget_bytes}
+    shared = _memory_room(problem)
+    free["host"] = None if free["host"] is None else free["host"] - staging
+    shared = None if shared is None else shared - staging
     placement = {}
     for item in sorted(items, key=lambda item: (item.name != "graph", -item.layer)):
         for tier in item.tiers:
-            if tier == "disk" or free[tier] is None or item.nbytes <= free[tier]:
+            fits = tier == "disk" or ((free[tier] is None or item.nbytes <= free[tier])
+                                      and (shared is None or item.nbytes <= shared))
+            if fits:
                 placement[item.name] = tier
                 if tier != "disk" and free[tier] is not None:
                     free[tier] -= item.nbytes
+                if tier != "disk" and shared is not None:
+                    shared -= item.nbytes
                 break
         else:  # fits nowhere (the graph cannot go to disk): the last tier it may use; feasibility will say so
             placement[item.name] = item.tiers[-1]
@@ -71,7 +94,8 @@ def recompute(problem: Problem, hardware: Hardware | None = None) -> Plan:
 
 def hongtu_like(problem: Problem, hardware: Hardware | None = None) -> Plan:
     """HongTu's choice: vertex data (layer inputs and gradients) in host memory, aggregates and transforms
-    recomputed in backward; the graph blocks on the device when they fit, else on the host."""
+    recomputed in backward; the graph blocks on the device when they fit, else on the host. HongTu has no disk
+    tier: where host memory cannot hold the vertex data, the plan is infeasible."""
     orders = layer_orders(problem)
     items = intermediates(problem, orders)
     placement = {item.name: "recompute" if item.recomputable else "host" for item in items}
