@@ -50,11 +50,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from baselines.ddp_halo import (PARTITIONS, CommCounters, LocalGraph, Shard, aggregation_csr, build_shard, forward,
-                                partition_vertices)
+from baselines.ddp_halo import (PARTITIONS, CommCounters, DropKey, LocalGraph, Shard, aggregation_csr, build_shard,
+                                forward, partition_vertices)
 from baselines.ddp_options import HARDWARE_KEYS, DDPOptions, backend_for, rank_device  # noqa: F401 (registry reads it)
 from baselines.ddp_supervise import DistributedJobError, stop, supervise, watch_parent  # noqa: F401 (raised here)
 from flexgnn_core import models, workdirs
+from flexgnn_core.evaluate import Evaluation, predictions
 from flexgnn_core.loop import timed_training
 from flexgnn_core.memory import PeakMemoryMeter, cap_device_memory
 from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
@@ -75,10 +76,11 @@ def _inject_fault(opts: DDPOptions, rank: int, epoch: int) -> None:
 
 
 def _run_rank(shard: Shard, model: ModelSpec, params: Mapping[str, Tensor], train: TrainSpec, opts: DDPOptions,
-              device: torch.device, timings_s: Mapping[str, float]) -> RunResult:
-    """Train this rank's shard in the initialised process group; every rank returns the job's combined record."""
+              device: torch.device, timings_s: Mapping[str, float], evaluation: Evaluation) -> RunResult:
+    """Train this rank's shard in the initialised process group; every rank returns the job's combined record.
+    Dropout masks are keyed by global ids (``flexgnn_core.dropout``): the ranks together drop what one device
+    would. Evaluation gathers every rank's predictions, and each rank scores the whole graph's."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(train.seed + rank)  # dropout masks: independent per rank, reproducible per job
     shard = dataclasses.replace(shard, send_index=shard.send_index.to(device))
     counters = CommCounters(device)
     graph = LocalGraph.build(shard, device)
@@ -86,15 +88,16 @@ def _run_rank(shard: Shard, model: ModelSpec, params: Mapping[str, Tensor], trai
     masks = {split: mask.to(device) for split, mask in shard.masks.items()}
     train_rows = torch.nonzero(masks["train"]).flatten()
     weights = {name: value.detach().to(device, copy=True).requires_grad_() for name, value in params.items()}
-    optimizer = torch.optim.Adam(weights.values(), lr=model.lr)
+    optimizer = torch.optim.Adam(weights.values(), lr=model.lr, weight_decay=model.weight_decay)
     per_epoch: list[dict] = []
-    cache: dict[str, Tensor] | None = {} if opts.cache_input_aggregation else None
+    # the cached input aggregation is exact only for fixed features: input dropout changes them every epoch
+    cache: dict[str, Tensor] | None = {} if opts.cache_input_aggregation and model.input_rate == 0 else None
 
     def step(epoch: int) -> float:
         _inject_fault(opts, rank, epoch)
         before = counters.snapshot()
         optimizer.zero_grad(set_to_none=False)
-        logits = forward(model, weights, x, graph, shard, counters, model.dropout, True, cache)
+        logits = forward(model, weights, x, graph, shard, counters, DropKey(train.seed, epoch), cache)
         loss = F.cross_entropy(logits[train_rows], y[train_rows], reduction="sum") / shard.num_train_global
         loss.backward()
         grads = [w.grad for w in weights.values()]
@@ -110,18 +113,20 @@ def _run_rank(shard: Shard, model: ModelSpec, params: Mapping[str, Tensor], trai
         return float(total)
 
     @torch.no_grad()
-    def evaluate() -> dict[str, float]:
-        logits = forward(model, weights, x, graph, shard, counters, cache=cache)
-        correct = logits.argmax(dim=-1) == y
-        counts = torch.tensor([[float((correct & m).sum()), float(m.sum())] for m in masks.values()], device=device)
-        counters.all_reduce(counts)
-        return {split: float(c[0] / c[1]) for split, c in zip(masks, counts.cpu())}
+    def evaluate() -> Tensor:
+        local = predictions(forward(model, weights, x, graph, shard, counters, cache=cache))
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (shard.owned, local))
+        pred = torch.empty(evaluation.y.numel(), dtype=torch.int64)
+        for owned, values in gathered:
+            pred[owned] = values
+        return pred
 
     dist.barrier()  # start epoch 0 together: set-up times differ between ranks
     with PeakMemoryMeter(device) as meter:
         base = timed_training(system=SYSTEM, train=dataclasses.replace(train, progress=train.progress and rank == 0),
-                              device=device, step=step, evaluate=evaluate, final_params=lambda: weights,
-                              timings_s=timings_s)
+                              device=device, step=step, evaluate=evaluate, evaluation=evaluation,
+                              final_params=lambda: weights, timings_s=timings_s)
     record = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "device": str(device),
               "epoch_times_s": base.epoch_times_s, "eval_s": base.timings_s["eval"],
               "startup_s": timings_s.get("startup"),
@@ -176,7 +181,8 @@ def _spawned_rank(rank: int, job_dir: str, launcher_pid: int, launched_at: float
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.world_size))
         _join_group(job["backend"], opts.master_addr, job["port"], rank, opts.world_size, opts.timeout_s)
         timings = {**job["timings_s"], "startup": time.time() - launched_at}
-        result = _run_rank(job["shard"], job["model"], job["params"], job["train"], opts, device, timings)
+        result = _run_rank(job["shard"], job["model"], job["params"], job["train"], opts, device, timings,
+                           job["evaluation"])
         if rank == 0:
             torch.save(result, Path(job_dir) / "result.pt")
         dist.destroy_process_group()
@@ -243,6 +249,7 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
     parts, csr = _prepare(graph, model, opts.world_size, opts.partition, train.seed)
     partition_s = time.perf_counter() - start
     shards = [build_shard(graph, parts, r, opts.world_size, csr) for r in range(opts.world_size)]
+    evaluation = Evaluation.of(graph)
     timings = {"partition": partition_s, "preprocess": time.perf_counter() - start}
     context = torch.multiprocessing.get_context(opts.start_method)
     if opts.start_method == "forkserver":
@@ -252,8 +259,8 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
     with workdirs.owned_dir(None, prefix="ddp_job_") as job_dir:  # holds our pid; dead launchers' dirs are reaped
         for rank, shard in enumerate(shards):
             torch.save({"shard": shard, "model": model, "params": dict(params), "train": train, "opts": opts,
-                        "device": str(device), "backend": backend, "port": port, "timings_s": timings},
-                       job_dir / f"rank{rank}.pt")
+                        "device": str(device), "backend": backend, "port": port, "timings_s": timings,
+                        "evaluation": evaluation}, job_dir / f"rank{rank}.pt")
         del shards
         processes = [context.Process(target=_spawned_rank, args=(rank, str(job_dir), os.getpid(), time.time()),
                                      daemon=True)
@@ -293,7 +300,8 @@ def _train_in_env_world(graph: Graph, model: ModelSpec, params: Mapping[str, Ten
     shard = build_shard(graph, box[0], rank, world, csr)
     timings = {"preprocess": time.perf_counter() - start}
     try:
-        return _run_rank(shard, model, params, train, dataclasses.replace(opts, world_size=world), device, timings)
+        return _run_rank(shard, model, params, train, dataclasses.replace(opts, world_size=world), device, timings,
+                         Evaluation.of(graph))
     finally:
         if owns_group:
             dist.destroy_process_group()

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
-from flexgnn_core import kernels, models
+from flexgnn_core import dropout, kernels, models
 from flexgnn_core.spec import Graph, ModelSpec
 
 PARTITIONS = ("metis", "contiguous")
@@ -223,6 +222,8 @@ class LocalGraph:
     num_owned: int
     num_all: int
     values: Tensor | None = None
+    src_global: Tensor | None = None  # [E] global id of each edge's source (attention dropout's edge identity)
+    dst_global: Tensor | None = None  # [E] global id of each edge's destination
 
     @property
     def rows(self) -> int:
@@ -239,9 +240,10 @@ class LocalGraph:
         perm_t = torch.argsort(shard.col * max(n_own, 1) + dst)
         rowptr_t = torch.zeros(n_all + 1, dtype=torch.int64)
         torch.cumsum(torch.bincount(shard.col, minlength=n_all), 0, out=rowptr_t[1:])
+        local_to_global = torch.cat([shard.owned, shard.halo])
         graph = cls(crow=shard.rowptr, src_local=shard.col, dst_local=dst, t_crow=rowptr_t, t_col=dst[perm_t],
                     t_perm=perm_t, self_pos=torch.arange(n_own), num_owned=n_own, num_all=n_all,
-                    values=shard.weight)
+                    values=shard.weight, src_global=local_to_global[shard.col], dst_global=shard.owned[dst])
         return cls(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in vars(graph).items()})
 
     def aggregate(self, h_all: Tensor) -> Tensor:
@@ -249,31 +251,52 @@ class LocalGraph:
             warnings.simplefilter("ignore", UserWarning)
             return kernels.BlockSpMM.apply(h_all, self, self.values)
 
-    def attention(self, t_all: Tensor, att_src: Tensor, att_dst: Tensor) -> Tensor:
+    def attention(self, t_all: Tensor, att_src: Tensor, att_dst: Tensor, drop: Tensor | None = None) -> Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return kernels.GatAttention.apply(t_all, att_src, att_dst, self)
+            return kernels.GatAttention.apply(t_all, att_src, att_dst, self, drop)
+
+
+@dataclass(frozen=True)
+class DropKey:
+    """What keys one training pass's dropout masks (``flexgnn_core.dropout``): the seed and the epoch."""
+
+    seed: int
+    epoch: int
 
 
 def forward(spec: ModelSpec, params: dict[str, Tensor], x: Tensor, graph: LocalGraph, shard: Shard,
-            counters: CommCounters, dropout: float = 0.0, training: bool = False,
-            cache: dict[str, Tensor] | None = None) -> Tensor:
+            counters: CommCounters, drop: DropKey | None = None, cache: dict[str, Tensor] | None = None) -> Tensor:
     """Logits of the owned rows ``[n_own, num_classes]``, exactly the model of ``flexgnn_core.models``.
 
-    ``cache`` (a dict kept across epochs) holds layer 0's aggregation ``A X`` when that layer aggregates first: the
-    input features never change, so their halo exchange and SpMM happen once per job (NeutronStar's dependency
-    caching for the input layer; FlexGNN reuses ``A_hat X`` the same way). Pass ``None`` to recompute every epoch.
+    ``drop`` (training passes) keys the dropout masks, made for the owned rows and local edges by their global ids
+    and applied before the halo exchange, so a rank's halo rows arrive dropped exactly as their owner dropped them
+    (None: evaluation, nothing dropped). ``cache`` (a dict kept across epochs) holds layer 0's aggregation ``A X``
+    when that layer aggregates first: the input features never change, so their halo exchange and SpMM happen once
+    per job (NeutronStar's dependency caching for the input layer; FlexGNN reuses ``A_hat X`` the same way). Pass
+    ``None`` to recompute every epoch (required with input dropout: the dropped features change every epoch).
     """
     model = models.get(spec.kind)
+    rates = [spec.input_rate] + [spec.dropout] * (spec.num_layers - 1)
+    if cache is not None and drop is not None and rates[0] > 0:
+        raise ValueError("the input aggregation cache is exact only without input dropout; pass cache=None")
+    owned = shard.owned.to(x.device)
     h = x
     for i in range(spec.num_layers):
         p, last = models.layer_view(params, i), i == spec.num_layers - 1
+        if drop is not None:
+            h = dropout.nodes(h, owned, rates[i], drop.seed, drop.epoch, i)
         weight = p[model.first_weight]
         h_self = h if model.self_rows else None
         if model.family == "attention":
             t_all = with_halo(h @ weight.t(), shard, counters)
             heads = p["att_src"].shape[1]
-            out = graph.attention(t_all.view(t_all.shape[0], heads, -1), p["att_src"], p["att_dst"])
+            factor = None
+            if drop is not None and spec.attention_rate > 0:
+                keep = dropout.edge_keep(drop.seed, drop.epoch, i, graph.src_global, graph.dst_global, heads,
+                                         spec.attention_rate)
+                factor = keep.to(t_all.dtype) * dropout.scale_of(spec.attention_rate)
+            out = graph.attention(t_all.view(t_all.shape[0], heads, -1), p["att_src"], p["att_dst"], factor)
             h = model.post(p, out, None, True, last)
         elif weight.shape[0] < weight.shape[1]:  # transform first: fewer columns to exchange and aggregate
             h = model.post(p, graph.aggregate(with_halo(h @ weight.t(), shard, counters)), h_self, True, last)
@@ -288,6 +311,4 @@ def forward(spec: ModelSpec, params: dict[str, Tensor], x: Tensor, graph: LocalG
             h = model.post(p, agg, h_self, False, last)
         if not last:
             h = kernels.activate(model.activation, h)
-            if dropout > 0:
-                h = F.dropout(h, dropout, training=training)
     return h

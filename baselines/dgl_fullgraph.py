@@ -9,7 +9,10 @@ environment, never imports DGL) writes the graph in our on-disk format, the shar
 to a directory, runs ``baselines/dgl_worker.py`` with the pinned environment's python (``baselines/dgl_env.py``
 finds it, or creates it on first use), and turns the worker's JSON record and final parameters into a
 ``RunResult``. Timing, peak memory and accuracy are measured inside the worker, in the shared timed loop, so they
-cover DGL's training only; MLflow logging stays in the harness.
+cover DGL's training only; MLflow logging stays in the harness. On an OGB graph the worker (whose environment has no
+``ogb``) scores with plain accuracy, OGB's formula; its last and best-validation predictions are then scored again
+here with OGB's ``Evaluator`` (``flexgnn_core.evaluate``), which the record's ``accuracy``, ``best_val`` and
+``evaluator`` report.
 
 Options (``conf/system/dgl.yaml``): ``env_dir`` (default ``$FLEXGNN_DGL_ENV`` or
 ``~/.cache/flexgnn-bench/dgl-env``), ``auto_install`` (create a missing environment; null =
@@ -37,6 +40,7 @@ from torch import Tensor
 from baselines import dgl_env
 from baselines.dgl_env import REPO_ROOT, DGLEnvironmentMissing
 from flexgnn_core.data.storage import read_meta, save_graph
+from flexgnn_core.evaluate import Evaluation
 from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec
 
 __all__ = ["DGLEnvironmentMissing", "parse_options", "preflight", "train"]
@@ -133,11 +137,27 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
         timings_s["worker_total"] = time.perf_counter() - start  # interpreter start, imports, load, train, eval
 
         record = json.loads((job_dir / "result.json").read_text())
-        with np.load(job_dir / "final_params.npz") as stored:
-            final_params = {name: torch.from_numpy(stored[name].copy()) for name in stored.files}
+        final_params = _load_params(job_dir / "final_params.npz")
+        best_params = _load_params(job_dir / "best_params.npz")
+        preds = {which: torch.from_numpy(np.load(job_dir / f"pred_{which}.npy")) for which in ("final", "best_val")
+                 if (job_dir / f"pred_{which}.npy").is_file()}
+    evaluation = Evaluation.of(graph)
+    if evaluation.ogb is not None:  # the worker had no ogb: OGB's Evaluator scores its predictions here
+        record["accuracy"] = evaluation(preds["final"])
+        if record["best_val"] is not None:
+            record["best_val"] = {"epoch": record["best_val"]["epoch"], **evaluation(preds["best_val"])}
+        record["extra"]["worker_evaluator"] = record["evaluator"]
+        record["evaluator"] = evaluation.name
     record.pop("median_epoch_s")  # derived by RunResult
     record["timings_s"].update(timings_s)
     record["extra"]["env_dir"] = str(python.parent.parent)
     if record["extra"].get("device_fallback"):
         print(f"warning: system=dgl: {record['extra']['device_fallback']}", file=sys.stderr, flush=True)
-    return RunResult(**record, final_params=final_params)
+    return RunResult(**record, final_params=final_params, best_params=best_params, predictions=preds)
+
+
+def _load_params(path: Path) -> dict[str, Tensor] | None:
+    if not path.is_file():
+        return None
+    with np.load(path) as stored:
+        return {name: torch.from_numpy(stored[name].copy()) for name in stored.files}

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric import EdgeIndex
 
-from flexgnn_core import models
+from flexgnn_core import dropout, models
+from flexgnn_core.evaluate import Evaluation, predictions
 from flexgnn_core.kernels import activate
 from flexgnn_core.loop import synchronize, timed_training
-from flexgnn_core.models import masked_accuracy
 from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
 
 SYSTEM = "pyg"
@@ -50,29 +50,41 @@ class PygGNN(torch.nn.Module):
     initial parameters load with ``strict=True``. The adjacency is normalised once in preprocessing where the
     model asks for it (GCN: PyG's ``gcn_norm``; its layers then run with ``normalize=False``).
 
+    Dropout (training mode only) is ``flexgnn_core.dropout``'s: the input and hidden masks keyed by
+    ``(seed, epoch, layer, vertex, column)`` in place of ``F.dropout``, and for attention models the attention mask
+    keyed by edge inside the conv (``attention_drop``), so every system drops the same entries.
+
     Args:
-        model: architecture (kind, layers, hidden, heads, dropout).
+        model: architecture (kind, layers, hidden, heads, dropout rates).
         in_dim: input feature width ``F``.
         num_classes: output width ``C``.
+        seed: the dropout masks' seed (``TrainSpec.seed``).
 
     Shapes: ``x`` [N, F], ``adj`` a sparse ``adj_t`` [N, N] or ``edge_index`` [2, E], optional ``edge_weight``
-    [E]; output logits [N, C].
+    [E]; ``epoch`` keys the masks; output logits [N, C].
     """
 
-    def __init__(self, model: ModelSpec, in_dim: int, num_classes: int) -> None:
+    def __init__(self, model: ModelSpec, in_dim: int, num_classes: int, seed: int = 0) -> None:
         super().__init__()
         self.kind = models.check(model)
-        self.dropout = model.dropout
+        self.rates = [model.input_rate] + [model.dropout] * (model.num_layers - 1)  # of each layer's input
+        self.attention_rate = model.attention_rate if self.kind.family == "attention" else 0.0
+        self.seed = seed
         dims = model.dims(in_dim, num_classes)
         self.convs = torch.nn.ModuleList(
             self.kind.pyg_conv(model, dims[i], dims[i + 1], i == model.num_layers - 1)
             for i in range(model.num_layers))
 
-    def forward(self, x: Tensor, adj: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, adj: Tensor, edge_weight: Tensor | None = None, epoch: int = 0) -> Tensor:
+        ids = torch.arange(x.shape[0], device=x.device) if self.training and any(self.rates) else None
         for i, conv in enumerate(self.convs):
+            if ids is not None:
+                x = dropout.nodes(x, ids, self.rates[i], self.seed, epoch, i)
+            if self.attention_rate:
+                conv.attention_drop = (self.attention_rate, self.seed, epoch, i)
             x = self.kind.pyg_call(conv, x, adj, edge_weight)
             if i < len(self.convs) - 1:
-                x = F.dropout(activate(self.kind.activation, x), p=self.dropout, training=self.training)
+                x = activate(self.kind.activation, x)
         return x
 
 
@@ -123,37 +135,35 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
     options = parse_options(options)
     path = models.check(model).pyg_path if options["path"] == "auto" else options["path"]
     device = resolve_device(train.device)
-    torch.manual_seed(train.seed)  # dropout draws from the global generator
 
     start = time.perf_counter()
     adj, edge_weight = build_adjacency(graph, model.kind, path, device)
     x = graph.x.to(device)  # PyG never writes to x, so a read-only memory map on CPU is used as is
     y, train_idx = graph.y.to(device), graph.train_mask.nonzero().view(-1).to(device)
-    masks = {"train": graph.train_mask, "val": graph.val_mask, "test": graph.test_mask}
     synchronize(device)
     preprocess_s = time.perf_counter() - start
 
-    net = PygGNN(model, graph.num_features, graph.num_classes).to(device)
+    net = PygGNN(model, graph.num_features, graph.num_classes, seed=train.seed).to(device)
     net.load_state_dict(dict(params), strict=True)  # copies: the caller's tensors stay untouched
-    optimizer = torch.optim.Adam(net.parameters(), lr=model.lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=model.lr, weight_decay=model.weight_decay)
 
     def step(epoch: int) -> float:
         net.train()
         optimizer.zero_grad(set_to_none=True)
-        logits = net(x, adj, edge_weight)
+        logits = net(x, adj, edge_weight, epoch=epoch)
         loss = F.cross_entropy(logits[train_idx], y[train_idx])
         loss.backward()
         optimizer.step()
         return loss.item()
 
     @torch.no_grad()
-    def evaluate() -> dict[str, float]:
+    def evaluate() -> Tensor:
         net.eval()
-        return masked_accuracy(net(x, adj, edge_weight), y, masks)
+        return predictions(net(x, adj, edge_weight))
 
     return timed_training(
-        system=SYSTEM, train=train, device=device, step=step, evaluate=evaluate, final_params=net.state_dict,
-        timings_s={"preprocess": preprocess_s},
+        system=SYSTEM, train=train, device=device, step=step, evaluate=evaluate, evaluation=Evaluation.of(graph),
+        final_params=net.state_dict, timings_s={"preprocess": preprocess_s},
         extra={"path": path, "path_option": options["path"], "adjacency": adj_description(adj)},
     )
 

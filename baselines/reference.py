@@ -2,8 +2,8 @@
 
 Used only by tests, as a check independent of PyG: every layer is written with a dense ``[N, N]`` adjacency
 (``A[v, u] = 1`` for an edge ``u -> v``) in its model's module (``GNNModel.reference_layer``), so a small graph
-can be verified by eye. Dropout is not modelled
-(it draws random numbers that no two implementations share); use ``model.dropout == 0`` with it.
+can be verified by eye. Dropout is not modelled here (the systems' shared masks are checked against each other in
+tests/test_dropout_exact.py); use ``model.dropout == 0`` with it. Weight decay is (Adam's, as every system's).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ def dense_adjacency(graph: Graph) -> Tensor:
 
 def forward(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor]) -> Tensor:
     """Logits ``[N, C]`` of ``model`` with ``params`` (named like ``flexgnn_core.models.param_shapes``)."""
-    if model.dropout != 0:
-        raise ValueError(f"reference.forward models no dropout; got model.dropout={model.dropout}, use 0")
+    if model.dropout != 0 or model.input_rate != 0 or model.attention_rate != 0:
+        raise ValueError(f"reference.forward models no dropout; got model.dropout={model.dropout}, input_dropout="
+                         f"{model.input_dropout}, attention_dropout={model.attention_dropout}; use 0")
     adj = dense_adjacency(graph)
     kind = models.check(model)
     h = graph.x.to(torch.float32)
@@ -50,9 +51,9 @@ def loss(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor]) -> Tensor
 
 
 def train_losses(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], epochs: int) -> list[float]:
-    """Per-epoch losses of full-graph Adam(lr) training from ``params`` (copied, never modified)."""
+    """Per-epoch losses of full-graph Adam(lr, weight_decay) training from ``params`` (copied, never modified)."""
     weights = {name: value.detach().clone().requires_grad_(True) for name, value in params.items()}
-    optimizer = torch.optim.Adam(list(weights.values()), lr=model.lr)
+    optimizer = torch.optim.Adam(list(weights.values()), lr=model.lr, weight_decay=model.weight_decay)
     losses = []
     for _ in range(epochs):
         optimizer.zero_grad()

@@ -95,18 +95,22 @@ def gat_aggregate(block: Block, alpha: Tensor, t: Tensor) -> Tensor:
 
 
 def gat_backward(block: Block, t: Tensor, alpha: Tensor, scores: Tensor, d_out: Tensor, att_src: Tensor,
-                 att_dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                 att_dst: Tensor, drop: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of one block's GAT aggregation: ``(d_t [width, heads, C], d_att_src, d_att_dst)``, where
-    ``d_out`` is the gradient of the per-head output ``[rows, heads, C]``."""
+    ``d_out`` is the gradient of the per-head output ``[rows, heads, C]``; ``drop`` [E, heads] is the attention
+    dropout factor (keep x scale) the forward weighted the messages with (``alpha * drop``), or None."""
     heads = t.shape[1]
     src, dst = block.src_local, block.dst_local
     lengths = block.crow[1:] - block.crow[:-1]  # edges are sorted by destination: per-row sums are segments
-    d_t = torch.stack([torch.sparse.mm(csr_t(block, alpha[:, k].contiguous()), d_out[:, k]) for k in range(heads)],
+    weights = alpha if drop is None else alpha * drop
+    d_t = torch.stack([torch.sparse.mm(csr_t(block, weights[:, k].contiguous()), d_out[:, k]) for k in range(heads)],
                       dim=1)
     # d_alpha[e, k] = <d_out[v, k], t[u, k]>: a sampled dense-dense product on the block's pattern, which never
     # materialises the [E, C] per-edge messages (20x faster than gathering both sides here).
     d_alpha = torch.stack([torch.sparse.sampled_addmm(csr(block, alpha[:, k].contiguous()), d_out[:, k].contiguous(),
                                                       t[:, k].t(), beta=0.0).values() for k in range(heads)], dim=1)
+    if drop is not None:
+        d_alpha = d_alpha * drop
     weighted = alpha * d_alpha
     row_dot = torch.segment_reduce(weighted, "sum", lengths=lengths, axis=0)
     d_logits = weighted - alpha * row_dot.index_select(0, dst)
@@ -163,18 +167,20 @@ class BlockSpMM(torch.autograd.Function):
 
 class GatAttention(torch.autograd.Function):
     """GAT message passing over a block: ``t`` [width, heads, C] -> ``[rows, heads, C]`` with the kernels above;
-    backward is ``gat_backward`` (nothing per edge but the attention itself is kept)."""
+    backward is ``gat_backward`` (nothing per edge but the attention itself is kept). ``drop`` [E, heads]: the
+    attention dropout factor on alpha after the softmax, or None."""
 
     @staticmethod
-    def forward(ctx, t: Tensor, att_src: Tensor, att_dst: Tensor, block: Block) -> Tensor:
+    def forward(ctx, t: Tensor, att_src: Tensor, att_dst: Tensor, block: Block, drop: Tensor | None = None) -> Tensor:
         scores = gat_scores(block, t, att_src, att_dst)
         alpha = edge_softmax(block, scores)
         ctx.save_for_backward(t, alpha, scores, att_src, att_dst)
-        ctx.block = block
-        return gat_aggregate(block, alpha, t.contiguous())
+        ctx.block, ctx.drop = block, drop
+        return gat_aggregate(block, alpha if drop is None else alpha * drop, t.contiguous())
 
     @staticmethod
     def backward(ctx, d_out: Tensor):
         t, alpha, scores, att_src, att_dst = ctx.saved_tensors
-        d_t, d_att_src, d_att_dst = gat_backward(ctx.block, t, alpha, scores, d_out.contiguous(), att_src, att_dst)
-        return d_t, d_att_src, d_att_dst, None
+        d_t, d_att_src, d_att_dst = gat_backward(ctx.block, t, alpha, scores, d_out.contiguous(), att_src, att_dst,
+                                                 ctx.drop)
+        return d_t, d_att_src, d_att_dst, None, None

@@ -13,9 +13,17 @@ Model semantics (all systems, fp32; ``A`` = cleaned graph: no self-loops, no dup
 
 - Layers: each model's own module in ``flexgnn_core/models/`` (``gcn``, ``sage``, ``gat``, ...) states its PyG
   layer, equation, parameters and activation; ``flexgnn_core.models.get(kind)`` is the registry.
-- Between layers: the model's activation (ReLU; ELU for GAT), then dropout (default 0). Nothing after the last
+- Dropout (``flexgnn_core.dropout``: masks keyed by seed, epoch, layer and global ids, identical in every system):
+  input dropout on the features before layer 0 (``input_dropout``), hidden dropout after the activation between
+  layers (``dropout``), and for attention models dropout of the attention coefficients after the softmax
+  (``attention_dropout``, as PyG's ``GATConv``); kept entries are scaled by ``1 / (1 - p)``; training only. So
+  layer ``l`` reads ``h_l = drop(act(z_{l-1}))`` (``h_0 = drop(x)``), keyed by layer ``l``. Nothing after the last
   layer.
-- Loss: mean cross-entropy over ``train_mask`` vertices. Optimiser: Adam(lr), no weight decay.
+- Loss: mean cross-entropy over ``train_mask`` vertices. Optimiser: ``torch.optim.Adam(lr, weight_decay)`` over
+  every parameter (L2 added to the gradient, as torch's Adam does).
+- Evaluation (``flexgnn_core.evaluate``): predictions are the argmax of the eval-mode logits, scored with OGB's
+  ``Evaluator`` on OGB graphs and plain accuracy otherwise; ``TrainSpec.select="best_val"`` evaluates after every
+  epoch and also reports the epoch of best validation accuracy (``RunResult.best_val``).
 - Parameters: a flat ``{name: tensor}`` dict named like the PyG baseline's ``state_dict`` (``convs.{i}.lin.weight``
   etc.), built once from the seed by ``flexgnn_core.models.init_params``; every system loads exactly these.
 """
@@ -31,6 +39,7 @@ import torch
 from torch import Tensor
 
 SCHEMA_VERSION = 1
+SELECTIONS = ("last", "best_val")  # TrainSpec.select
 
 TIERS = ("device", "host", "disk")
 LINKS = ("h2d", "d2h", "disk_read", "disk_write", "net_send", "net_recv")
@@ -188,8 +197,11 @@ class ModelSpec:
     num_layers: int = 2
     hidden: int = 128
     heads: int = 4
-    dropout: float = 0.0
+    dropout: float = 0.0  # hidden dropout: after the activation between layers
     lr: float = 0.01
+    input_dropout: float | None = None  # on the features before layer 0; None = the same rate as ``dropout``
+    attention_dropout: float | None = None  # attention models: on alpha after the softmax; None = ``dropout``
+    weight_decay: float = 0.0  # Adam's L2 (torch.optim.Adam(weight_decay=...)) on every parameter
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not self.kind:
@@ -198,10 +210,27 @@ class ModelSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "input_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if value is None and name != "dropout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"model.lr must be a positive number, got {self.lr!r}")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not math.isfinite(wd) or wd < 0:
+            raise ValueError(f"model.weight_decay must be a number >= 0, got {wd!r}")
+
+    @property
+    def input_rate(self) -> float:
+        """The input dropout rate in effect (``input_dropout``, or ``dropout`` when that is None)."""
+        return float(self.dropout if self.input_dropout is None else self.input_dropout)
+
+    @property
+    def attention_rate(self) -> float:
+        """The attention dropout rate in effect (``attention_dropout``, or ``dropout`` when that is None)."""
+        return float(self.dropout if self.attention_dropout is None else self.attention_dropout)
 
     def dims(self, in_dim: int, num_classes: int) -> list[int]:
         """Layer widths ``[in, hidden, ..., num_classes]`` (GAT hidden widths are heads concatenated)."""
@@ -217,12 +246,17 @@ class TrainSpec:
     seed: int = 0
     device: str = "auto"  # "auto" = cuda when available else cpu; or "cpu", "cuda", "cuda:1"
     progress: bool = True
+    # "last": evaluate once after the last epoch; "best_val": evaluate after every epoch (timed apart from the
+    # epochs) and also report the epoch of best validation accuracy, keeping its parameters
+    select: str = "last"
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"train.epochs must be a positive integer, got {self.epochs!r}")
         if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"train.warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs!r}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"train.select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -256,6 +290,13 @@ class RunResult:
     final_params: dict[str, Tensor] | None = None
     status: str = "ok"
     reason: str = ""
+    # train.select=best_val: {"epoch" (0-based), "train", "val", "test"} of the epoch with the best validation
+    # accuracy (the first on ties), and the validation accuracy after every epoch; None otherwise
+    best_val: dict[str, Any] | None = None
+    epoch_val_acc: list[float] | None = None
+    evaluator: str = "accuracy"  # what scored the predictions (flexgnn_core.evaluate): "accuracy" or OGB's
+    best_params: dict[str, Tensor] | None = None  # the parameters after the best validation epoch (best_val)
+    predictions: dict[str, Tensor] | None = None  # "final" and "best_val" predicted classes [N] (not in JSON)
 
     @property
     def timed_epoch_times_s(self) -> list[float]:
@@ -277,6 +318,9 @@ class RunResult:
             "warmup_epochs": self.warmup_epochs,
             "median_epoch_s": self.median_epoch_s,
             "accuracy": self.accuracy,
+            "best_val": self.best_val,
+            "epoch_val_acc": self.epoch_val_acc,
+            "evaluator": self.evaluator,
             "peak_bytes": self.peak_bytes,
             "tier_peak_bytes": self.tier_peak_bytes,
             "io_bytes": self.io_bytes,

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from flexgnn_core import calibrate, machine
 from flexgnn_core.engine import Prepared, execute, prepare, rechunk
+from flexgnn_core.evaluate import Evaluation
 from flexgnn_core.plan import Budgets, Plan, cost, custom_plan, simulate
 from flexgnn_core.plan.cost import Hardware
 from flexgnn_core.plan.solvers import NEEDS_HARDWARE, check_name, rank_over_p, solve
@@ -144,8 +145,6 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
           options: Mapping[str, Any]) -> RunResult:
     """Train ``model`` on the whole ``graph`` with the FlexGNN engine (see the module docstring)."""
     opts, budgets = parse_options(options)
-    if model.dropout != 0:
-        raise ValueError(f"model.dropout={model.dropout}: the flexgnn engine supports dropout=0 only")
     device = resolve_device(train.device)
     search_p = opts["placement"] is None and (opts["num_chunks"] is None or opts["policy"] == "optimal_p")
     start_p = min(START_CHUNKS, graph.num_nodes) if opts["num_chunks"] is None else opts["num_chunks"]
@@ -182,7 +181,7 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
                          status="infeasible", reason=f"plan '{plan.policy}' is infeasible: {plan.reason}")
     prepared = dataclasses.replace(prepared, rowptr=None, col=None, values=None)  # the chunks hold the graph now
     return execute(prepared, plan, params, train, disk_dir=opts["disk_dir"], prefetch=bool(opts["prefetch"]),
-                   timings_s=timings, extra=extra)
+                   timings_s=timings, extra=extra, evaluation=Evaluation.of(graph))
 
 
 __all__ = ["SYSTEM", "OPTIONS", "HARDWARE_KEYS", "calibrate_options", "hardware_for", "machine_budgets",

@@ -111,12 +111,17 @@ class SavedDatasetConfig:
 
 @dataclass
 class ModelConfig:
+    """``flexgnn_core.spec.ModelSpec``: dropout rates and weight decay are exact across systems (spec.py)."""
+
     kind: str = "gcn"
     num_layers: int = 2
     hidden: int = 128
     heads: int = 4
-    dropout: float = 0.0
+    dropout: float = 0.0  # hidden dropout, after the activation between layers
     lr: float = 0.01
+    input_dropout: Optional[float] = None  # on the features before layer 0; null = model.dropout
+    attention_dropout: Optional[float] = None  # GAT: on the attention after the softmax; null = model.dropout
+    weight_decay: float = 0.0  # Adam's L2 on every parameter (torch.optim.Adam(weight_decay=...))
 
 
 @dataclass
@@ -155,6 +160,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "${hardware.device}"
     progress: bool = True
+    # last: evaluate after the last epoch; best_val: after every epoch (timed apart from the epochs), and report
+    # the accuracies of the best validation epoch beside the last one's
+    select: str = "last"
 
 
 @dataclass

@@ -141,10 +141,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 raise
             store.client.set_terminated(run_id, status="FINISHED")
         _write_job_record(record, job)
-    median = result["median_epoch_s"]
-    log.info("done: median epoch %s, val acc %.4f, host peak %.0f MiB; record %s%s",
+    median, best = result["median_epoch_s"], result.get("best_val")
+    log.info("done: median epoch %s, val acc %.4f, test acc %.4f%s, host peak %.0f MiB; record %s%s",
              "n/a" if median is None else f"{median:.4f} s", result["accuracy"].get("val", float("nan")),
-             (result["peak_bytes"].get("host") or 0) / 2**20, stable, f", MLflow run {run_id}" if run_id else "")
+             result["accuracy"].get("test", float("nan")),
+             "" if best is None else f"; at best val (epoch {best['epoch']}, val {best['val']:.4f}): test acc "
+             f"{best['test']:.4f}", (result["peak_bytes"].get("host") or 0) / 2**20, stable,
+             f", MLflow run {run_id}" if run_id else "")
     return record
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("system", "model", "dataset", "num_nodes", "num_edges", "avg_degree", "status", "epochs",
-           "median_epoch_s", "speedup_vs_pyg", "val_acc", "test_acc", "host_peak_bytes", "device_peak_bytes", "note")
+           "median_epoch_s", "speedup_vs_pyg", "val_acc", "test_acc", "test_acc_at_best_val", "host_peak_bytes",
+           "device_peak_bytes", "note")
 BASELINE = "pyg"
 
 
@@ -21,12 +22,14 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
     dataset_cfg = (record.get("config") or {}).get("dataset") or {}
     peak = result.get("peak_bytes") or {}
     accuracy = result.get("accuracy") or {}
+    best = result.get("best_val") or {}
     row = {
         "system": record.get("system"), "model": record.get("model"), "dataset": record.get("dataset"),
         "num_nodes": graph.get("num_nodes"), "num_edges": graph.get("num_edges"),
         "avg_degree": dataset_cfg.get("avg_degree"), "status": record.get("status"),
         "epochs": len(result.get("epoch_times_s") or []) or None, "median_epoch_s": result.get("median_epoch_s"),
         "speedup_vs_pyg": None, "val_acc": accuracy.get("val"), "test_acc": accuracy.get("test"),
+        "test_acc_at_best_val": best.get("test"),
         "host_peak_bytes": peak.get("host"), "device_peak_bytes": peak.get("device"),
         "note": record.get("error"),  # why a job failed or was skipped (e.g. DGL's environment is missing)
         "device": result.get("device"),  # not a column: speed-ups compare runs on the same device only

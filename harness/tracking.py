@@ -196,6 +196,12 @@ def metrics_of(record: dict[str, Any]) -> list[tuple[str, float, int]]:
         rows += [(spec.TRAIN_LOSS, loss, epoch), (spec.EPOCH_TIME_S, seconds, epoch)]
     for split, accuracy in (result.get("accuracy") or {}).items():
         rows.append((f"{split}/acc", accuracy, 0))
+    best = result.get("best_val")  # train.select=best_val: the epoch of best validation accuracy
+    if best:
+        rows += [(f"{split}/acc_at_best_val", best[split], 0) for split in ("train", "val", "test")]
+        rows.append(("train/best_val_epoch", best["epoch"], 0))
+    for epoch, accuracy in enumerate(result.get("epoch_val_acc") or []):
+        rows.append(("val/epoch_acc", accuracy, epoch))
     rows.append((spec.EPOCH_MEDIAN_S, result.get("median_epoch_s"), 0))
     planning = {"solve": spec.PLAN_SOLVE_S, "calibrate": spec.PLAN_CALIBRATE_S}  # apart from the run's own times
     for name, seconds in (result.get("timings_s") or {}).items():

@@ -1,5 +1,6 @@
 """Cost model and calibration: validation, additivity with unit costs, agreement with simulate(), the cache."""
 
+import dataclasses
 import json
 import math
 
@@ -50,6 +51,28 @@ def test_unit_costs_add_up_by_hand():
     recomputed = custom_plan(problem, {"graph": "device", "h0": "device", "agg0": "recompute",
                                        "grad_h1": "device"})
     assert cost.predict(recomputed, problem, UNIT).compute_s == 192 + 2 * 6 * 2  # aggregate fwd + bwd each epoch
+
+
+def test_input_dropout_makes_the_layer0_aggregate_every_epoch_by_hand():
+    """The same 1-layer GCN with input dropout: the features change every epoch, so the aggregate (6 edges x 2
+    columns) and the masks of the 3 halo rows x 2 columns it reads (one mask entry a second here) are made every
+    epoch; storing agg0 saves only the backward's second aggregate, and the optimal plan stores it."""
+    problem = tiny_problem(input_dropout=True)
+    hw = dataclasses.replace(UNIT, dropout_mask_per_s=1.0)
+    assert cost.predict(solve(problem, "all_device"), problem, hw).compute_s == 192 + 12 + 6
+    recomputed = custom_plan(problem, {"graph": "device", "h0": "device", "agg0": "recompute", "grad_h1": "device"})
+    assert cost.predict(recomputed, problem, hw).compute_s == 192 + 2 * (12 + 6)
+    assert solve(problem, "optimal", hw).where("agg0") == "device"
+    hidden = tiny_problem(dims=(2, 3, 2), hidden_dropout=True)  # masks of h1 (4 x 3) forward and backward
+    plain = tiny_problem(dims=(2, 3, 2))
+    extra = cost.predict(solve(hidden, "all_device"), hidden, hw).compute_s
+    assert extra - cost.predict(solve(plain, "all_device"), plain, hw).compute_s == 2 * 4 * 3
+
+
+def test_input_dropout_lets_layer0_transform_first_when_that_narrows():
+    assert layer_orders(tiny_problem(dims=(8, 3))) == ("aggregate_first",)  # fixed features: aggregate once
+    assert layer_orders(tiny_problem(dims=(8, 3), input_dropout=True)) == ("transform_first",)
+    assert layer_orders(tiny_problem(dims=(2, 3), input_dropout=True)) == ("aggregate_first",)
 
 
 @pytest.mark.parametrize("overlap", [0.0, 0.5, 1.0])

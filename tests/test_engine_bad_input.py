@@ -84,9 +84,15 @@ def test_bad_options_name_the_field(options, message):
         _train(**options)
 
 
-def test_dropout_is_rejected_rather_than_silently_ignored():
-    with pytest.raises(ValueError, match="dropout=0.5: the flexgnn engine supports dropout=0 only"):
-        _train(model=ModelSpec(kind="gcn", num_layers=2, hidden=8, dropout=0.5))
+@pytest.mark.parametrize("fields, message", [
+    ({"attention_dropout": 0.5}, r"model.attention_dropout=0.5 applies to attention models only .*leave it null"),
+    ({"dropout": 1.0}, r"model.dropout must be in \[0, 1\), got 1.0"),
+    ({"input_dropout": -0.1}, r"model.input_dropout must be in \[0, 1\), got -0.1"),
+    ({"weight_decay": -1e-4}, r"model.weight_decay must be a number >= 0, got -0.0001"),
+])
+def test_bad_dropout_and_weight_decay_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        _train(model=ModelSpec(kind="gcn", num_layers=2, hidden=8, **fields))
 
 
 def test_caller_params_are_not_modified():

@@ -137,9 +137,10 @@ def test_train_returns_a_sane_result(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_training_losses_match_reference_adam(kind):
+@pytest.mark.parametrize("weight_decay", [0.0, 5e-2])
+def test_training_losses_match_reference_adam(kind, weight_decay):
     graph = tricky_graph(directed=True)
-    model = small_model(kind, 3)
+    model = small_model(kind, 3, weight_decay=weight_decay)
     params = init_params(model, graph.num_features, graph.num_classes, seed=1)
     result = quiet_train(graph, model, params, epochs=4)
     expected = reference.train_losses(graph, model, params, epochs=4)

@@ -42,7 +42,9 @@ def random_problem(rng: random.Random, layers: int | None = None, budget_fractio
     fraction = budget_fraction if budget_fraction is not None else rng.choice([None, 1.0, 0.5, 0.25, 0.0625])
     budget = None if fraction is None else max(1, int(everything * fraction))
     host = rng.choice([None, None, max(1, int(everything * rng.random()))])
-    return Problem(**{**problem.__dict__, "device_budget_bytes": budget, "host_budget_bytes": host})
+    dropout = {"input_dropout": rng.random() < 0.3, "hidden_dropout": rng.random() < 0.3,
+               "attention_dropout": heads > 1 and rng.random() < 0.3}  # the masks' costs; agg0 made every epoch
+    return Problem(**{**problem.__dict__, "device_budget_bytes": budget, "host_budget_bytes": host, **dropout})
 
 
 def within_budget(plan, problem) -> bool:

@@ -13,6 +13,7 @@
 - per chunk step overhead: the time of one tiny chunk step (a small sparse product, a gather and a matmul);
 - halo gathers: a gather of random rows and a scatter-add back on the device (chunks do both with halo rows);
 - GAT's edge softmax per edge and head (what recomputing attention costs);
+- dropout masks (``flexgnn_core.dropout``) made and applied per entry;
 - engine probe (``probe.engine_probe``): small engine runs correct what microbenchmarks miss: the aggregation and the
   other compute rates and the engine's per-step overhead (three all-device GCN runs: two densities, two P), the
   prefetch overlap on CPU (hidden over fetch time of an all-host run), the host links, and GAT's attention rates
@@ -49,7 +50,8 @@ __all__ = ["CACHE_ENV", "SCHEMA", "DISKS", "GPUS", "LINKS", "PROFILES", "cache_p
            "load_or_measure", "measure", "profile"]
 
 CACHE_ENV = "FLEXGNN_CACHE_DIR"
-SCHEMA = 6  # 6: per-transfer latency; 5: engine step overhead, GAT softmax; 4: halo gathers; 3: exact link bytes
+# 7: dropout masks; 6: per-transfer latency; 5: engine step overhead, GAT softmax; 4: halo gathers; 3: link bytes
+SCHEMA = 7
 
 
 def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = True) -> Hardware:
@@ -66,6 +68,7 @@ def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = 
                   disk_write_bytes_per_s=disk_write, step_overhead_s=micro.step_overhead(device),
                   gather_bytes_per_s=micro.gather(device, int(8_000_000 * scale)),  # past the caches
                   gat_softmax_edge_head_per_s=micro.softmax(device, rows),
+                  dropout_mask_per_s=micro.dropout_masks(device, rows),
                   overlap=1.0 if device.type == "cuda" else 0.0, source="measured")
     if not probe:
         return hw

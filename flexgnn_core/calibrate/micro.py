@@ -87,6 +87,15 @@ def softmax(device: torch.device, rows: int) -> float:
     return chunk.num_edges * 4 / _time(lambda: edge_softmax(chunk, scores), device)
 
 
+def dropout_masks(device: torch.device, rows: int) -> float:
+    """Dropout mask entries made and applied per second (``flexgnn_core.dropout.nodes`` on rows of width 64)."""
+    from flexgnn_core import dropout
+
+    h = torch.rand(rows, 64, device=device)
+    ids = torch.arange(rows, device=device)
+    return rows * 64 / _time(lambda: dropout.nodes(h, ids, 0.5, 0, 0, 0), device)
+
+
 def links(device: torch.device, numel: int) -> tuple[float, float]:
     pinned = device.type == "cuda"
     rows = numel // 64

@@ -5,7 +5,9 @@ lives on, aggregate (or transform, then aggregate), apply the model's post part 
 write the chunk's output rows to their tier; the last layer turns logits straight into the loss and its gradient.
 Backward mirrors it: fetch or recompute per the plan, the model's ``post_backward``, weight gradients accumulated
 across chunks, input gradients scatter-added into the layer-input gradient buffer (itself on a tier). Layer 0's
-aggregate of the fixed features is computed in the first epoch and reused (FlexGNN's release does the same).
+aggregate of the fixed features is computed in the first epoch and reused (FlexGNN's release does the same), unless
+input dropout changes the features every epoch (``Problem.input_dropout``). Dropout masks are made per chunk where
+rows are read or written, in forward and again in backward (``engine.dropping``), never stored.
 
 Two families of layer step: ``linear`` (fixed edge weights: GCN, SAGE, GIN, ...) and ``attention`` (GAT). Every
 byte counter lives in the ``TierStore``; the executor only reads and writes through it.
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from flexgnn_core import kernels, models
 from flexgnn_core.engine.chunks import Chunk
+from flexgnn_core.engine.dropping import Dropping
 from flexgnn_core.engine.prepare import Prepared
 from flexgnn_core.engine.tiers import TierStore
 from flexgnn_core.plan import Plan, transform_width
@@ -29,7 +32,7 @@ class Engine:
     ``grads`` (one persistent tensor per parameter, zeroed each epoch)."""
 
     def __init__(self, prepared: Prepared, plan: Plan, params, device: torch.device, store: TierStore,
-                 prefetch: bool = True):
+                 prefetch: bool = True, seed: int = 0):
         if not plan.feasible:
             raise ValueError(f"plan '{plan.policy}' is infeasible ({plan.reason}); the engine runs feasible plans "
                              "only")
@@ -49,6 +52,7 @@ class Engine:
         self.params = {name: value.detach().to(device, copy=True) for name, value in params.items()}
         self.layer = [models.layer_view(self.params, layer) for layer in range(self.num_layers)]
         self.grads = {name: torch.zeros_like(value) for name, value in self.params.items()}
+        self.drop = Dropping(self.spec, prepared.order.perm, seed, self.problem.attention, device)
 
     # ---- storage -------------------------------------------------------------------------------------------
     def allocate(self) -> None:
@@ -96,17 +100,23 @@ class Engine:
         return name in self.buffers
 
     def _rows(self, name: str, chunk: Chunk) -> Tensor:
-        return self.buffers[name].read(slice(chunk.start, chunk.stop))
+        rows = slice(chunk.start, chunk.stop)
+        got = self.buffers[name].read(rows)
+        return self.drop.rows(0, rows, got) if name == "h0" else got  # the features, with input dropout
 
     def _halo(self, name: str, chunk: Chunk, gather: bool = False) -> tuple[Tensor, bool]:
         """The chunk's source rows of ``name``; ``(whole buffer, True)`` when it is on the device and the chunk's
-        block can index it with global columns (no gather), or when the halo is every vertex."""
+        block can index it with global columns (no gather), or when the halo is every vertex. The features with
+        input dropout are always the halo's own rows, masked."""
         buffer = self.buffers[name]
+        dropped = name == "h0" and self.drop.on_input(0)
         if chunk.width == self.num_nodes and buffer.tier == "device":
-            return buffer.data, False  # halo = all vertices in order: local and global columns coincide
-        if buffer.tier == "device" and not gather:
+            whole = buffer.data  # halo = all vertices in order: local and global columns coincide
+            return (self.drop.rows(0, slice(0, self.num_nodes), whole) if dropped else whole), False
+        if buffer.tier == "device" and not gather and not dropped:
             return buffer.data, True
-        return buffer.read(chunk.halo), False
+        got = buffer.read(chunk.halo)
+        return (self.drop.rows(0, chunk.halo, got) if dropped else got), False
 
     def _passes(self, fetch) -> object:
         return self.store.prefetched(self.chunks, fetch, self.prefetch)
@@ -125,8 +135,10 @@ class Engine:
         self.store.untrack(tracked)
 
     # ---- forward -------------------------------------------------------------------------------------------
-    def forward(self, logits_out: Tensor | None = None) -> float:
-        """One forward pass over all layers; returns the mean training loss (writes ``grad_h{L}``)."""
+    def forward(self, logits_out: Tensor | None = None, epoch: int | None = None) -> float:
+        """One forward pass over all layers; returns the mean training loss (writes ``grad_h{L}``). ``epoch``
+        keys the dropout masks of a training pass (None: evaluation, nothing dropped)."""
+        self.drop.epoch = epoch
         self.loss_sum = torch.zeros((), device=self.device)
         self.logits_out = logits_out
         for layer in range(self.num_layers):
@@ -154,7 +166,8 @@ class Engine:
     def _linear_inputs(self, layer: int, order: str, chunk: Chunk) -> dict:
         """Fetch what one linear-family chunk step reads (runs in the prefetch thread)."""
         out = {}
-        if order == "aggregate_first" and layer == 0 and self.stored("agg0") and self.agg0_ready:
+        reuse = self.agg0_ready and not self.problem.input_dropout  # dropped features change every epoch
+        if order == "aggregate_first" and layer == 0 and self.stored("agg0") and reuse:
             out["agg"] = self._rows("agg0", chunk)
         elif order == "aggregate_first":
             out["h_src"], out["whole"] = self._halo(f"h{layer}", chunk)
@@ -189,7 +202,8 @@ class Engine:
         """Activate and store a hidden layer's rows, or turn the last layer's logits into loss and gradient."""
         rows = slice(chunk.start, chunk.stop)
         if layer < self.num_layers - 1:
-            self.buffers[f"h{layer + 1}"].write(rows, kernels.activate(self.model.activation, z))
+            out = self.drop.rows(layer + 1, rows, kernels.activate(self.model.activation, z))
+            self.buffers[f"h{layer + 1}"].write(rows, out)
             return
         if self.logits_out is not None:
             self.logits_out[rows] = z.detach().cpu()
@@ -210,21 +224,23 @@ class Engine:
         p = self.layer[layer]
         scores = kernels.gat_scores(chunk_dev, t_halo, p["att_src"], p["att_dst"])
         edges = slice(chunk.edge_start, chunk.edge_start + chunk.num_edges)
+        drop = self.drop.edges(layer, chunk_dev, self.problem.heads)  # the attention dropout factor, or None
         if self.stored(f"att{layer}") and not write:
-            return scores, self.buffers[f"att{layer}"].read(edges)
+            return scores, self.buffers[f"att{layer}"].read(edges), drop
         alpha = kernels.edge_softmax(chunk_dev, scores)
         if write and self.stored(f"att{layer}"):
             self.buffers[f"att{layer}"].write(edges, alpha)
-        return scores, alpha
+        return scores, alpha, drop
 
     def _forward_attention(self, layer: int) -> None:
         last = layer == self.num_layers - 1
         for chunk, got in self._passes(lambda c: {"t": self._t_halo(layer, c)}):
             chunk_dev = self._chunk(chunk)
             t_halo = got["t"]
-            scores, alpha = self._attention(layer, chunk, chunk_dev, t_halo, write=True)
-            out = kernels.gat_aggregate(chunk_dev, alpha, t_halo)
-            tracked = self.store.track(scores, alpha, alpha, out)  # alpha twice: exp and softmax
+            scores, alpha, drop = self._attention(layer, chunk, chunk_dev, t_halo, write=True)
+            weights = alpha if drop is None else alpha * drop
+            out = kernels.gat_aggregate(chunk_dev, weights, t_halo)
+            tracked = self.store.track(scores, alpha, weights, out)  # weights: exp, or the dropped softmax
             self._finish_rows(layer, chunk, self.model.post(self.layer[layer], out, None, True, last))
             self.store.untrack(tracked)
 
@@ -254,7 +270,9 @@ class Engine:
         """The gradient of this layer's output rows, through the activation (read from the stored output)."""
         g = self._rows(f"grad_h{layer + 1}", chunk)
         if layer < self.num_layers - 1:
-            g = kernels.activation_grad(self.model.activation, self._rows(f"h{layer + 1}", chunk), g)
+            rows = slice(chunk.start, chunk.stop)
+            out = self.drop.undropped(layer + 1, self._rows(f"h{layer + 1}", chunk))
+            g = kernels.activation_grad(self.model.activation, out, self.drop.gradient(layer + 1, rows, g))
         return {"g": g}
 
     def _backward_linear(self, layer: int, order: str) -> None:
@@ -312,10 +330,10 @@ class Engine:
             g, t_halo = got["g"], got["t"]
             d_out, _, grads = self.model.post_backward(p, None, None, True, last, g, need_x=True, need_self=False)
             self._add_grads(layer, grads)
-            scores, alpha = self._attention(layer, chunk, chunk_dev, t_halo, write=False)
+            scores, alpha, drop = self._attention(layer, chunk, chunk_dev, t_halo, write=False)
             tracked = self.store.track(scores, alpha, alpha, alpha, t_halo)  # t_halo: d_t in gat_backward
             d_t, d_att_src, d_att_dst = kernels.gat_backward(chunk_dev, t_halo, alpha, scores, d_out, p["att_src"],
-                                                             p["att_dst"])
+                                                             p["att_dst"], drop)
             self._add_grads(layer, {"att_src": d_att_src, "att_dst": d_att_dst})
             self.buffers[f"grad_t{layer}"].add(chunk_dev.halo, d_t.flatten(1))
             self.store.untrack(tracked)

@@ -42,6 +42,13 @@ class Prepared:
         return self.problem.num_nodes
 
 
+def dropout_flags(spec: ModelSpec) -> dict[str, bool]:
+    """What the planner must know of ``spec``'s dropout (``Problem.input_dropout`` etc.)."""
+    attention = models.get(spec.kind).family == "attention"
+    return {"input_dropout": spec.input_rate > 0, "hidden_dropout": spec.num_layers > 1 and spec.dropout > 0,
+            "attention_dropout": attention and spec.attention_rate > 0}
+
+
 def problem_of(spec: ModelSpec, dims: tuple[int, ...], chunks: list[Chunk], num_edges: int,
                params_bytes: int, budgets: Budgets, order_rule: str) -> Problem:
     """The ``Problem`` of these chunks (statistics measured on them) under ``budgets``."""
@@ -51,7 +58,7 @@ def problem_of(spec: ModelSpec, dims: tuple[int, ...], chunks: list[Chunk], num_
         max_halo_rows=max(c.width for c in chunks), max_chunk_edges=max(c.num_edges for c in chunks),
         sum_halo_rows=sum(c.width for c in chunks), graph_bytes=sum(c.nbytes() for c in chunks),
         param_bytes=params_bytes, device_budget_bytes=budgets.device_budget_bytes,
-        host_budget_bytes=budgets.host_budget_bytes, order_rule=order_rule)
+        host_budget_bytes=budgets.host_budget_bytes, order_rule=order_rule, **dropout_flags(spec))
     layer_orders(problem)  # an unknown order rule fails here, naming the valid ones
     return problem
 

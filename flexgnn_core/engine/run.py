@@ -1,9 +1,10 @@
 """Execute a feasible plan in the shared timed loop: the last step of a FlexGNN run (STYLE #4b).
 
-``execute(prepared, plan, params, train)`` allocates the plan's buffers on their tiers, trains with Adam in
-``flexgnn_core.loop.timed_training`` (warm-up excluded, median reported) and returns the ``RunResult`` with the
-store's counters: accounted peak per tier, bytes per link, prefetch overlap. It plans nothing and measures no
-hardware: the plan comes in as a value.
+``execute(prepared, plan, params, train)`` allocates the plan's buffers on their tiers, trains with Adam (the
+model's weight decay) in ``flexgnn_core.loop.timed_training`` (warm-up excluded, median reported; evaluation as
+``train.select`` says, scored by ``evaluation``) and returns the ``RunResult`` with the store's counters: accounted
+peak per tier, bytes per link, prefetch overlap. It plans nothing and measures no hardware: the plan comes in as a
+value. Bytes per link include the evaluation passes (one forward each).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from torch import Tensor
 
 from flexgnn_core import machine
 from flexgnn_core.engine.executor import Engine
+from flexgnn_core.evaluate import Evaluation, predictions
 from flexgnn_core.engine.prepare import Prepared
 from flexgnn_core.engine.tiers import TierStore
 from flexgnn_core.loop import timed_training
 from flexgnn_core.memory import PeakMemoryMeter
-from flexgnn_core.models import masked_accuracy
 from flexgnn_core.plan import Plan
 from flexgnn_core.plan.problem import staging_bytes
 from flexgnn_core.spec import RunResult, TrainSpec, resolve_device
@@ -29,33 +30,38 @@ SYSTEM = "flexgnn"
 
 def execute(prepared: Prepared, plan: Plan, params: Mapping[str, Tensor], train: TrainSpec,
             disk_dir: str | None = None, prefetch: bool = True, timings_s: Mapping[str, float] | None = None,
-            extra: Mapping[str, Any] | None = None) -> RunResult:
-    """Train with ``plan`` on the prepared graph; ``params`` are copied, never modified."""
+            extra: Mapping[str, Any] | None = None, evaluation: Evaluation | None = None) -> RunResult:
+    """Train with ``plan`` on the prepared graph; ``params`` are copied, never modified. ``evaluation`` scores
+    predictions in the graph's own vertex order (default: accuracy on the prepared labels and masks)."""
     device = resolve_device(train.device)
-    torch.manual_seed(train.seed)
+    if evaluation is None:
+        order = prepared.order.perm
+        evaluation = Evaluation(_in_graph_order(prepared.y, order),
+                                {split: _in_graph_order(mask, order) for split, mask in prepared.masks.items()})
     io_before = machine.process_io()
     with TierStore(device, disk_dir, staging_bytes(prepared.problem)) as store:
-        engine = Engine(prepared, plan, params, device, store, prefetch=prefetch)
+        engine = Engine(prepared, plan, params, device, store, prefetch=prefetch, seed=train.seed)
         engine.allocate()
-        optimizer = torch.optim.Adam(list(engine.params.values()), lr=prepared.spec.lr)
+        spec = prepared.spec
+        optimizer = torch.optim.Adam(list(engine.params.values()), lr=spec.lr, weight_decay=spec.weight_decay)
         for name, value in engine.params.items():
             value.grad = engine.grads[name]  # backward refills these tensors in place: no second set per epoch
 
         def step(epoch: int) -> float:
-            loss = engine.forward()
+            loss = engine.forward(epoch=epoch)
             engine.backward()
             optimizer.step()
             return loss
 
-        def evaluate() -> dict[str, float]:
+        def evaluate() -> Tensor:
             logits = torch.empty(engine.num_nodes, engine.dims[-1])
             engine.forward(logits_out=logits)
-            return masked_accuracy(logits, engine.y.cpu(), prepared.masks)
+            return _in_graph_order(predictions(logits), prepared.order.perm)
 
         with PeakMemoryMeter(device) as meter:
             result = timed_training(system=SYSTEM, train=train, device=device, step=step, evaluate=evaluate,
-                                    final_params=lambda: engine.params, timings_s=dict(timings_s or {}),
-                                    plan=plan.to_json())
+                                    evaluation=evaluation, final_params=lambda: engine.params,
+                                    timings_s=dict(timings_s or {}), plan=plan.to_json())
         counters = store.counters
         io_after, disk_actual = machine.process_io(), store.disk_actual()
         result.peak_bytes = meter.peak_bytes
@@ -78,3 +84,10 @@ def execute(prepared: Prepared, plan: Plan, params: Mapping[str, Tensor], train:
                                    else meter.peak_bytes["device"] <= budget),
         }
     return result
+
+
+def _in_graph_order(values: Tensor, perm: Tensor) -> Tensor:
+    """Per-vertex ``values`` in reordered ids back in the graph's own order (``perm[new] = old``)."""
+    out = torch.empty_like(values)
+    out[perm] = values
+    return out

@@ -24,7 +24,7 @@ from torch import Tensor
 from flexgnn_core.models.base import GNNModel
 from flexgnn_core.spec import ModelSpec
 
-__all__ = ["GNNModel", "get", "names", "check", "param_shapes", "layer_view", "init_params", "masked_accuracy"]
+__all__ = ["GNNModel", "get", "names", "check", "param_shapes", "layer_view", "init_params"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,6 +54,9 @@ def get(kind: str) -> GNNModel:
 def check(spec: ModelSpec) -> GNNModel:
     """``spec`` validated against its model (known kind, model-specific constraints); returns the model."""
     model = get(spec.kind)
+    if model.family != "attention" and spec.attention_dropout:
+        raise ValueError(f"model.attention_dropout={spec.attention_dropout} applies to attention models only (model "
+                         f"'{spec.kind}' has no attention); leave it null or 0")
     model.validate(spec)
     return model
 
@@ -92,10 +95,3 @@ def init_params(model: ModelSpec, in_dim: int, num_classes: int, seed: int) -> d
         else:
             params[name] = _glorot(shape, generator)
     return params
-
-
-def masked_accuracy(logits: Tensor, y: Tensor, masks: dict[str, Tensor]) -> dict[str, float]:
-    """Accuracy per split from full-graph logits ``[N, C]`` (any device)."""
-    pred = logits.argmax(dim=-1).cpu()
-    y = y.cpu()
-    return {split: float((pred[mask.cpu()] == y[mask.cpu()]).float().mean()) for split, mask in masks.items()}

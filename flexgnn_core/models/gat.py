@@ -9,10 +9,13 @@ combination. Parameters per layer: ``lin.weight`` [heads x C, in], ``att_src`` /
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flexgnn_core import dropout
 from flexgnn_core.models.base import GNNModel, Params
 from flexgnn_core.norm import add_self_loops_csr
 
@@ -52,10 +55,8 @@ class GAT(GNNModel):
         return d_out, None, {"bias": g.sum(0)}
 
     def pyg_conv(self, spec, d_in, d_out, last):
-        from torch_geometric.nn import GATConv
-
-        return GATConv(d_in, self.channels(spec.heads, d_out, last), heads=spec.heads, concat=not last,
-                       negative_slope=0.2, dropout=0.0, add_self_loops=True)
+        return _dropping_gat_conv()(d_in, self.channels(spec.heads, d_out, last), heads=spec.heads, concat=not last,
+                                    negative_slope=0.2, dropout=0.0, add_self_loops=True)
 
     def reference_layer(self, adj, h, p, last):
         n, heads, channels = adj.shape[0], p["att_src"].shape[1], p["att_src"].shape[2]
@@ -67,6 +68,27 @@ class GAT(GNNModel):
         alpha = torch.softmax(scores.masked_fill(~neighbours[:, :, None], float("-inf")), dim=1)
         out = torch.einsum("vuh,uhc->vhc", alpha, z)
         return (out.mean(dim=1) if last else out.reshape(n, heads * channels)) + p["bias"]
+
+
+@functools.lru_cache(maxsize=1)
+def _dropping_gat_conv() -> type:
+    """PyG's ``GATConv`` whose attention dropout is ``flexgnn_core.dropout``'s edge mask (keyed by the global source
+    and destination of each edge, self-loops included) instead of ``F.dropout``: the same place as GATConv's own
+    dropout (alpha after the softmax, before weighting the messages), the same scaling. Set ``attention_drop`` to
+    ``(p, seed, epoch, layer)`` before a training call (None: no dropout); GATConv's own ``dropout`` stays 0."""
+    from torch_geometric.nn import GATConv
+
+    class DroppingGATConv(GATConv):
+        attention_drop: tuple[float, int, int, int] | None = None
+
+        def message(self, x_j: Tensor, alpha: Tensor, edge_index_i: Tensor, edge_index_j: Tensor) -> Tensor:
+            if self.training and self.attention_drop is not None:
+                p, seed, epoch, layer = self.attention_drop
+                keep = dropout.edge_keep(seed, epoch, layer, edge_index_j, edge_index_i, alpha.shape[1], p)
+                alpha = dropout.apply(alpha, keep, p)
+            return alpha.unsqueeze(-1) * x_j
+
+    return DroppingGATConv
 
 
 MODEL = GAT()

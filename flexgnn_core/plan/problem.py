@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from flexgnn_core import models
+from flexgnn_core.dropout import BLOCK_ELEMENTS
 from flexgnn_core.spec import TIERS
 
 PLACEMENTS = TIERS + ("recompute",)
@@ -79,6 +80,11 @@ class Problem:
     device_budget_bytes: int | None = None  # None = unlimited
     host_budget_bytes: int | None = None
     order_rule: str = "auto"
+    # Dropout (masks made per chunk where rows are read: flexgnn_core.engine.dropping). Input dropout changes the
+    # features every epoch, so layer 0's aggregate is made every epoch like any other layer's (never reused).
+    input_dropout: bool = False
+    hidden_dropout: bool = False
+    attention_dropout: bool = False
     # device + host together (on a CPU machine one RAM holds both; under a memory cap); None = no joint bound
     memory_budget_bytes: int | None = None
 
@@ -119,7 +125,8 @@ def transform_width(problem: Problem, layer: int) -> int:
 def layer_orders(problem: Problem) -> tuple[str, ...]:
     """Attention models always transform first; models whose post part is not affine always aggregate first;
     others follow ``order_rule``, where ``auto`` transforms first when that narrows the aggregated width (layer 0
-    stays aggregate-first: its aggregate of fixed features is computed once)."""
+    stays aggregate-first: its aggregate of fixed features is computed once; with input dropout there is no such
+    reuse, and layer 0 follows the width rule too)."""
     if problem.order_rule not in ORDER_RULES:
         raise ValueError(f"order='{problem.order_rule}' is unknown; valid: {', '.join(ORDER_RULES)}")
     model = problem.model
@@ -131,7 +138,8 @@ def layer_orders(problem: Problem) -> tuple[str, ...]:
             orders.append("aggregate_first")
         elif problem.order_rule == "auto":
             narrower = problem.dims[layer + 1] < problem.dims[layer]
-            orders.append("transform_first" if layer > 0 and narrower else "aggregate_first")
+            reused = layer == 0 and not problem.input_dropout
+            orders.append("transform_first" if narrower and not reused else "aggregate_first")
         else:
             orders.append(problem.order_rule)
     return tuple(orders)
@@ -189,7 +197,22 @@ def working_set_bytes(problem: Problem) -> int:
     rows = problem.max_chunk_rows * wide * FLOAT
     edges = problem.max_chunk_edges * FLOAT * (problem.heads * 8 if problem.attention else 2)
     block = problem.graph_bytes * problem.max_chunk_edges // max(problem.num_edges, 1)
-    return 3 * halo + 6 * rows + edges + 2 * block
+    return 3 * halo + 6 * rows + edges + 2 * block + dropout_working_bytes(problem)
+
+
+def dropout_working_bytes(problem: Problem) -> int:
+    """Device bytes of one chunk step's dropout: the mask generator's int64 blocks, a halo's mask and its masked
+    copy (input dropout), one more attention tensor (attention dropout) and a row mask (hidden dropout)."""
+    if not (problem.input_dropout or problem.hidden_dropout or problem.attention_dropout):
+        return 0
+    total = 3 * 8 * BLOCK_ELEMENTS
+    if problem.input_dropout:
+        total += problem.max_halo_rows * problem.dims[0] * (FLOAT + 1)
+    if problem.hidden_dropout:
+        total += problem.max_chunk_rows * max(problem.dims[1:]) * (FLOAT + 1)
+    if problem.attention_dropout:
+        total += problem.max_chunk_edges * problem.heads * (FLOAT + 1)
+    return total
 
 
 @dataclass(frozen=True)

@@ -44,22 +44,25 @@ def _moves(tier: str, chunks: int, read: int = 0, write: int = 0, add: int = 0,
 
 @functools.lru_cache(maxsize=256)  # solvers ask once per intermediate and placement; the problem is a frozen value
 def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
-    """Every off-device transfer of one steady-state training epoch (layer 0's stored aggregate reused), in rows
-    x width units turned into bytes, mirroring the engine read by read (``H`` = sum of chunk halo sizes):
+    """Every off-device transfer of one steady-state training epoch (layer 0's stored aggregate reused unless
+    ``problem.input_dropout``), in rows x width units turned into bytes, mirroring the engine read by read (``H`` =
+    sum of chunk halo sizes):
 
     - ``graph`` on the host: every chunk block is copied once per conv step, forward and backward, per layer;
     - ``h{l}``: written by layer l-1 and read back for its activation gradient; a model with self rows (SAGE's
       root weight) reads its rows forward and backward; aggregate-first gathers the halo forward (not layer 0,
-      whose aggregate is reused when stored) and again backward when the aggregate is recomputed; transform-first
+      whose aggregate is reused when stored, unless input dropout changes it every epoch) and again backward when
+      the aggregate is recomputed; transform-first
       reads rows in the transform pass (only when ``t`` is stored) and in its backward, and gathers the halo per
       step when ``t`` is recomputed (twice for attention: forward and backward);
-    - ``agg{l}``: written forward and read backward (layer 0: read forward and backward, written only once);
+    - ``agg{l}``: written forward and read backward (layer 0 reused: read forward and backward, written only once);
     - ``t{l}``: written by the transform pass, its halo gathered forward (and backward for attention);
     - ``grad_t{l}``: zeroed, scatter-added per halo, read back by rows; ``att{l}``: written forward, read backward;
     - ``grad_h{l}``: zeroed, added by layer l's backward (halo scatter when aggregate-first, rows when transform-
       first, rows again for self rows), read by layer l-1; ``grad_h{L}`` written by the loss, read once.
     """
     n, halo, edges, L = problem.num_nodes, problem.sum_halo_rows, problem.num_edges, problem.num_layers
+    reused = not problem.input_dropout  # layer 0's stored aggregate, made once
     attention, own = problem.attention, problem.model.self_rows
     stored, every, off = frozenset(TIERS), frozenset(PLACEMENTS), ("host", "disk")
     recomputed = frozenset({"recompute"})
@@ -77,9 +80,9 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
         for tier in off:
             term(tier, h, read=2 * n * d * own + n * d * (layer > 0), write=n * d * (layer > 0))
             if not attention:  # aggregate-first layers
-                term(tier, h, (agg, stored), read=halo * d * (layer > 0))
+                term(tier, h, (agg, stored), read=halo * d * (layer > 0 or not reused))
                 term(tier, h, (agg, recomputed), read=2 * halo * d)
-                if layer == 0:
+                if layer == 0 and reused:
                     term(tier, agg, read=2 * n * d)
                 else:
                     term(tier, agg, read=n * d, write=n * d)
