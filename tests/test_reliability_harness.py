@@ -23,7 +23,8 @@ from harness import resume
 from harness.record import build_record, redact
 from harness.run import run
 from harness.signals import Terminated, sigterm_as_interrupt
-from harness.tracking import SweepCallback, Store, count_jobs
+from harness.sweep import SweepCallback, count_jobs
+from harness.tracking import Store
 from hydra_jobs import hydra_job
 
 
