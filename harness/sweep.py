@@ -93,6 +93,8 @@ def close_parent(store: Store, run_id: str, result: dict[str, Any], sweep_dir: P
         store.client.set_tag(run_id, "timing_comparable", "false")
     if result.get("error"):
         store.client.set_tag(run_id, "error", result["error"][:5000])
+    elif "error" in store.client.get_run(run_id).data.tags:  # e.g. the orphan closer's, while the server was away
+        store.client.delete_tag(run_id, "error")
     if result.get("planner"):
         store.log_summary(run_id, {f"planner/{k}": v for k, v in result["planner"].items()})
     store.client.set_terminated(run_id, status=result["status"])
