@@ -169,3 +169,19 @@ def test_launcher_configs_compose_with_their_resources(cluster_extra, compose):
     assert cores.parallel_jobs(launcher, 10) is None
     local = compose(["hydra/launcher=submitit_local"], return_hydra_config=True).hydra.launcher
     assert cores.parallel_jobs(local, 4) == 4
+
+
+def test_jobs_in_other_processes_resume_into_the_sweep_the_launching_process_chose(tmp_path, monkeypatch):
+    """With resume=true each job re-resolves the sweep directory with its own overrides; a job in another process
+    (joblib, submitit) cannot match the sweep command from those, so it takes the launching process's choice."""
+    from harness import resume
+
+    earlier = tmp_path / "2026-01-01_00-00-00-000000"
+    earlier.mkdir()
+    resume.write_sweep_file(earlier, ["+debug=fast", "train.seed=1,2"], "2026-01-01T00:00:00Z")
+    monkeypatch.setattr(resume, "_chosen", {})
+    monkeypatch.delenv(resume.CHOSEN_ENV, raising=False)  # restored after the test, with what the resolver sets
+    command = ["+debug=fast", "train.seed=1,2", "resume=true"]
+    assert resume.sweep_dir(str(tmp_path), "new-stamp", True, command) == str(earlier)
+    monkeypatch.setattr(resume, "_chosen", {})  # a job's process: nothing resolved there yet, the environment inherited
+    assert resume.sweep_dir(str(tmp_path), "new-stamp", True, ["+debug=fast", "train.seed=2"]) == str(earlier)
