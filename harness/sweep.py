@@ -131,6 +131,7 @@ class SweepCallback(Callback):
         self.started_at = time.time()
         self.before: dict[str, int] = {}  # job dir -> record mtime when this launch started (a resumed sweep)
         self.done: set[str] = set()
+        self.earlier: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -157,6 +158,7 @@ class SweepCallback(Callback):
             self.before[name] = (self.sweep_dir / name / JOB_RECORD).stat().st_mtime_ns
             if record.get("status") in REUSABLE:
                 self.done.add(name)  # complete from an earlier launch: counted as done from the start
+        self.earlier = {name: self.before[name] for name in self.done}  # reused if its record is unchanged at the end
         plan = cores.plan_for(cores.parallel_jobs(config.hydra.get("launcher"), self.total), cores.available_cores())
         cores.write_plan(self.sweep_dir, plan)
         SweepCallback.running = self
@@ -199,9 +201,10 @@ class SweepCallback(Callback):
 
         if self.sweep_dir is None:  # Hydra calls on_job_end for single runs too; only sweeps are tracked here
             return
-        job_dir = Path(config.hydra.runtime.output_dir)
-        if job_return.status == JobStatus.FAILED and not (job_dir / JOB_RECORD).exists():
-            write_json(job_dir / JOB_RECORD, _failure_record(config, job_return), overwrite=True)
+        if job_return.status == JobStatus.FAILED:  # a job that failed before writing its record gets one
+            job_dir = Path(config.hydra.runtime.output_dir)
+            if not (job_dir / JOB_RECORD).exists():
+                write_json(job_dir / JOB_RECORD, _failure_record(config, job_return), overwrite=True)
         if os.getpid() == self.launcher_pid:  # in the launching process: its progress line now
             if job_return.status != JobStatus.FAILED and job_return.return_value == "reused":
                 self._line("reused", " ".join(job_return.overrides or []))
@@ -265,6 +268,13 @@ class SweepCallback(Callback):
         self._poll()
         records = job_records(self.sweep_dir)
         counts = tally(records, self.total)
+        for name, mtime in self.earlier.items():  # a resumed sweep's jobs that were complete already: reused
+            path = self.sweep_dir / name / JOB_RECORD
+            if path.exists() and path.stat().st_mtime_ns == mtime:
+                status = str(records[name].get("status"))
+                counts[status] -= 1
+                counts["reused"] = counts.get("reused", 0) + 1
+        counts = {state: count for state, count in counts.items() if count}
         tables, planner = [], None
         if interrupt is None:
             from harness.report import write_reports

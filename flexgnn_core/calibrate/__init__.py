@@ -21,7 +21,8 @@
 ``load_or_measure()`` caches the result as JSON under ``$FLEXGNN_CACHE_DIR`` (default ``~/.cache/flexgnn-bench``),
 in a file named by a fingerprint of the machine (CPU model, cores, torch threads, torch version, device); ``force=True``
 measures again. The file is written atomically, and measured by one process at a time (``measuring``: a lock next to
-it), so the parallel jobs of a sweep on one machine calibrate once: the others wait, then read its file. ``profile(name)`` returns datasheet values (not measurements) of known GPUs and links.
+it), so the parallel jobs of a sweep on one machine calibrate once: the others wait, then read its file.
+``profile(name)`` returns datasheet values (not measurements) of known GPUs and links.
 
 Layout: ``micro`` (microbenchmarks), ``probe`` (engine probes and fits), ``profiles`` (datasheets); this module
 measures, caches and loads. Calibration is a step of its own (STYLE #4b): solvers never call it.
@@ -123,8 +124,8 @@ def measuring(path: Path, timeout_s: float = MEASURE_LOCK_TIMEOUT_S) -> Iterator
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"calibration lock {lock} held by another process for more than "
-                                       f"{timeout_s:.0f} s. Fix: find it (`fuser {lock}`) and end it if it hangs") from None
+                    raise TimeoutError(f"calibration lock {lock} held by another process for more than {timeout_s:.0f} "
+                                       f"s. Fix: find it (`fuser {lock}`) and end it if it hangs") from None
                 time.sleep(0.1)
         try:
             yield
