@@ -8,7 +8,7 @@ launcher: 1 under Hydra's basic launcher (nothing is pinned), ``n_jobs`` under j
 submitit_local; on Slurm (submitit_slurm) each job is its own allocation, pinned by the scheduler, not by us.
 
 Each job (``job_slot``, in whichever process the launcher runs it) claims the first free slot under a lock held
-while it runs, pins itself to the slot's cores (``os.sched_setaffinity``: DDP ranks, the memory-capped child and
+while it runs, pins all its threads to the slot's cores (``pin``: DDP ranks, the memory-capped child and
 the DGL worker inherit it) and sets torch's and OpenMP's thread counts to match. Its record says what it had:
 ``machine.cpu_affinity``, ``machine.torch_threads`` and ``machine.sweep_slot`` (``harness.record.machine_info``).
 """
@@ -80,6 +80,21 @@ def read_plan(sweep_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def pin(cores: Any) -> None:
+    """Every thread of this process onto ``cores``. ``sched_setaffinity`` acts on one thread: threads that exist
+    already (e.g. torch's OpenMP pool from a job this worker process ran before) would keep their old cores."""
+    os.sched_setaffinity(0, cores)  # this thread first: a bad core set raises here; threads it starts inherit it
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc: only this thread and those it starts from now on
+        return
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cores)
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile
+
+
 def current() -> dict[str, Any] | None:
     """The slot this process's job holds (``job_slot``), or None outside a parallel sweep."""
     return dict(_current) if _current else None
@@ -120,7 +135,7 @@ def job_slot(sweep_dir: Path | None) -> Iterator[dict[str, Any] | None]:
     cores = plan["slots"][index]
     before = (os.sched_getaffinity(0), torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))
     try:
-        os.sched_setaffinity(0, cores)
+        pin(cores)
         torch.set_num_threads(len(cores))
         os.environ["OMP_NUM_THREADS"] = str(len(cores))  # child processes (DDP ranks, the DGL worker) match
         _current = {"slot": index, "cores": cores, "parallel_jobs": plan["parallel_jobs"],
@@ -130,7 +145,7 @@ def job_slot(sweep_dir: Path | None) -> Iterator[dict[str, Any] | None]:
         yield current()
     finally:
         _current = None
-        os.sched_setaffinity(0, before[0])
+        pin(before[0])
         torch.set_num_threads(before[1])
         if before[2] is None:
             os.environ.pop("OMP_NUM_THREADS", None)

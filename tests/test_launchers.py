@@ -36,31 +36,41 @@ def test_slots_are_disjoint_when_cores_suffice_and_marked_when_they_do_not():
     assert cores.parallel_jobs(local, 4) == 4  # submitit_local starts every job at once
 
 
-def _hold_slot(sweep_dir: str, queue, release) -> None:
+def _hold_slot(sweep_dir: str, queue, release: str) -> None:
+    """A job: holds a slot until the file ``release`` exists (a multiprocessing Event can hang its setter when a
+    waiter dies)."""
+    import threading
+
     import torch
 
+    earlier = threading.Thread(target=threading.Event().wait, args=(60,), daemon=True)  # e.g. an earlier job's pool
+    earlier.start()
     with cores.job_slot(Path(sweep_dir)) as slot:
-        queue.put((slot, sorted(os.sched_getaffinity(0)), torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")))
-        release.wait(30)
+        queue.put((slot, sorted(os.sched_getaffinity(0)), sorted(os.sched_getaffinity(earlier.native_id)),
+                   torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")))
+        deadline = time.monotonic() + 30
+        while not Path(release).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def test_parallel_jobs_each_pin_themselves_to_a_slot_of_their_own(tmp_path):
     available = cores.available_cores()
     cores.write_plan(tmp_path, cores.plan_for(2, available))
     context = multiprocessing.get_context("fork")
-    queue, release = context.Queue(), context.Event()
-    jobs = [context.Process(target=_hold_slot, args=(str(tmp_path), queue, release)) for _ in range(2)]
+    queue, release = context.Queue(), tmp_path / "release"
+    jobs = [context.Process(target=_hold_slot, args=(str(tmp_path), queue, str(release))) for _ in range(2)]
     for job in jobs:
         job.start()
     try:
         held = [queue.get(timeout=30) for _ in jobs]
     finally:
-        release.set()
+        release.touch()
         for job in jobs:
             job.join(30)
     assert sorted(slot["slot"] for slot, *_ in held) == [0, 1]  # never the same slot twice
-    for slot, affinity, threads, omp in held:
-        assert affinity == slot["cores"] and threads == len(slot["cores"]) and omp == str(len(slot["cores"]))
+    for slot, affinity, earlier_thread, threads, omp in held:
+        assert affinity == earlier_thread == slot["cores"]  # threads started before the job are pinned too
+        assert threads == len(slot["cores"]) and omp == str(len(slot["cores"]))
     if len(available) >= 2:
         assert not set(held[0][1]) & set(held[1][1])
     with cores.job_slot(tmp_path) as slot:  # and the process gets its affinity back after the job
