@@ -128,7 +128,6 @@ class SweepCallback(Callback):
         self.launcher_pid: int | None = None
         self.finished = False
         self.started = time.perf_counter()
-        self.started_at = time.time()
         self.before: dict[str, int] = {}  # job dir -> record mtime when this launch started (a resumed sweep)
         self.done: set[str] = set()
         self.earlier: dict[str, int] = {}
@@ -152,7 +151,7 @@ class SweepCallback(Callback):
         resumed = bool(config.get("resume")) and (self.sweep_dir / "sweep.json").exists()
         write_sweep_file(self.sweep_dir, config.hydra.overrides.task, utc_iso(utc_now()))
         self.total = count_jobs(config)
-        self.started, self.started_at = time.perf_counter(), time.time()
+        self.started = time.perf_counter()
         (self.sweep_dir / RESULT_FILE).unlink(missing_ok=True)  # a resumed sweep ends anew
         for name, record in job_records(self.sweep_dir).items():
             self.before[name] = (self.sweep_dir / name / JOB_RECORD).stat().st_mtime_ns
@@ -163,19 +162,8 @@ class SweepCallback(Callback):
         cores.write_plan(self.sweep_dir, plan)
         SweepCallback.running = self
         if config.mlflow.enabled:
-            self.store, offline = open_store(config.mlflow, Path(config.runs_dir))
-            if offline:
-                log.warning("MLflow tracking server unreachable (%s): the sweep has no parent run; records are kept "
-                            "on disk. %s", offline, OFFLINE_HINT)
-        if self.store:
             earlier = parent_file.read_text().strip() if resumed and parent_file.exists() else None
-            if earlier and self._reopen(earlier):
-                self.parent_run_id = earlier
-            else:
-                self.parent_run_id = self.store.start_run(
-                    f"sweep-{self.sweep_dir.name}", {"kind": "sweep", "sweep_dir": self.sweep_dir.resolve(),
-                                                      "num_jobs": self.total})
-                parent_file.write_text(self.parent_run_id + "\n")
+            self._open_parent(config, earlier or None)
         if config.get("resume") and not resumed:
             print("resume: no earlier sweep of this command in this runs_dir; starting a new one", file=sys.stderr)
         at_once = f", {plan['parallel_jobs']} at once" if (plan["parallel_jobs"] or 1) > 1 else ""
@@ -188,10 +176,32 @@ class SweepCallback(Callback):
             self._watcher = threading.Thread(target=self._watch, name="sweep-progress", daemon=True)
             self._watcher.start()
 
+    def _open_parent(self, config: DictConfig, earlier: str | None) -> None:
+        """The sweep's parent run: reopened when resumed, else new (its id in ``mlflow_parent_run_id.txt`` for the
+        jobs); none, with a warning, when the tracking server cannot be reached (the upload makes one later)."""
+        self.store, offline = open_store(config.mlflow, Path(config.runs_dir))
+        try:
+            if self.store and earlier and self._reopen(earlier):
+                self.parent_run_id = earlier
+            elif self.store:
+                self.parent_run_id = self.store.start_run(
+                    f"sweep-{self.sweep_dir.name}", {"kind": "sweep", "sweep_dir": self.sweep_dir.resolve(),
+                                                      "num_jobs": self.total})
+                (self.sweep_dir / PARENT_ID_FILE).write_text(self.parent_run_id + "\n")
+        except Exception as error:
+            if not unreachable(error):
+                raise
+            self.store, offline = None, f"{type(error).__name__}: {error}"
+        if offline:
+            log.warning("MLflow tracking server unreachable (%s): the sweep has no parent run; records are kept on "
+                        "disk. %s", offline, OFFLINE_HINT)
+
     def _reopen(self, run_id: str) -> bool:
         try:
             self.store.reopen_run(run_id)
         except Exception as error:  # deleted, or in another store: the resumed sweep gets a new parent run
+            if unreachable(error):
+                raise
             log.warning("resume: cannot reopen parent run %s (%s); starting a new parent run", run_id, error)
             return False
         return True

@@ -86,6 +86,47 @@ def test_a_run_cut_off_half_way_is_completed_without_duplicate_metrics(compose, 
     assert mlflow_client.get_run(run_id).info.status == "FINISHED" and len(_runs(mlflow_client)) == 1
 
 
+def test_a_sweep_whose_server_goes_away_before_its_parent_run_is_made_loses_nothing(
+        compose, harness_dirs, mlflow_client, monkeypatch, caplog, capsys):
+    """The store opened, then every request fails as a stopped server's would (a connection error: nothing here can
+    stop and restart a server fast): the sweep runs on without a parent run and says so, its job keeps its record,
+    and the upload brings in the job's run under a parent run that it makes and closes from the sweep's result."""
+    import requests
+    from omegaconf import open_dict, read_write
+
+    from harness.sweep import RESULT_FILE, SweepCallback
+    from harness.tracking import PARENT_ID_FILE
+
+    def gone(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(Store, "start_run", gone)
+    cfg = compose(["+debug=fast"], return_hydra_config=True)
+    sweep_dir = harness_dirs.root / "sweep"
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.overrides.task = ["+debug=fast"]
+        cfg.hydra.sweep.dir = str(sweep_dir)
+    sweep = SweepCallback()
+    sweep.on_multirun_start(cfg)
+    assert sweep.store is None and sweep.parent_run_id is None and not (sweep_dir / PARENT_ID_FILE).exists()
+    assert "no parent run" in caplog.text and "harness.upload" in caplog.text
+    with hydra_job(compose, ["+debug=fast"], sweep_dir / "0", sweep_dir) as job_cfg:
+        record = run(job_cfg)
+    assert record["status"] == "ok" and record["tracking"]["run_id"] is None and "unreachable" in record["tracking"]
+    sweep.on_multirun_end(cfg)
+    assert "sweep done: 1 ok, 0 failed" in capsys.readouterr().err
+    assert json.loads((sweep_dir / RESULT_FILE).read_text())["closed_in_mlflow"] is False
+
+    monkeypatch.undo()  # the server is back
+    assert upload.main([str(sweep_dir), "--uri", harness_dirs.uri]) == 0
+    counts = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert counts["uploaded"] == 1 and counts["parents_closed"] == 1
+    (parent,) = [r for r in _runs(mlflow_client) if r.data.tags.get("kind") == "sweep"]
+    (child,) = [r for r in _runs(mlflow_client) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == child.info.status == "FINISHED"
+    assert json.loads((sweep_dir / RESULT_FILE).read_text())["parent_run_id"] == parent.info.run_id
+
+
 class MlflowServer:
     """``mlflow server`` on loopback with a sqlite backend and an artifact root under ``root``; a process group of
     its own, so that stopping it stops its workers."""
