@@ -13,6 +13,8 @@ Two ways to launch:
   ``world_size`` processes itself (``start_method`` forkserver by default), supervising them. The launcher serves
   the rendezvous store on ``master_addr`` only (loopback by default), and the ranks' gloo / NCCL sockets use the
   interface of that address.
+- ``system.launch=torchrun``: the same shards, the ranks started by torchrun inside the job (how a DDP job runs in
+  a cluster allocation: ``baselines/ddp_torchrun.py``).
 - ``torchrun --nproc-per-node=2 -m baselines.ddp_fullgraph --synthetic 20000`` (or ``--graph-dir DIR`` in our
   on-disk format; multi-node: ``torchrun --nnodes=2 --node-rank=K --master-addr=HOST --master-port=PORT ...``):
   every rank loads the graph, rank 0's partition is broadcast, each rank builds its own shard.
@@ -54,6 +56,7 @@ from baselines.ddp_halo import (PARTITIONS, CommCounters, DropKey, LocalGraph, S
                                 forward, partition_vertices)
 from baselines.ddp_options import HARDWARE_KEYS, DDPOptions, backend_for, rank_device  # noqa: F401 (registry reads it)
 from baselines.ddp_supervise import DistributedJobError, stop, supervise, watch_parent  # noqa: F401 (raised here)
+from baselines.ddp_torchrun import run_ranks
 from flexgnn_core import models, workdirs
 from flexgnn_core.evaluate import Evaluation, predictions
 from flexgnn_core.loop import timed_training
@@ -170,16 +173,22 @@ def _combine(base: RunResult, records: list[dict], opts: DDPOptions, backend: st
 
 # ----------------------------------------------------------------------------------- ranks started by train() itself
 
-def _spawned_rank(rank: int, job_dir: str, launcher_pid: int, launched_at: float) -> None:
+def _spawned_rank(rank: int, job_dir: str, launcher_pid: int, launched_at: float, torchrun: bool = False) -> None:
+    """One rank of a job whose shards ``train`` wrote to ``job_dir``: started by ``train`` itself, or by torchrun
+    (``torchrun``: its env:// rendezvous instead of the launcher's store)."""
     watch_parent(launcher_pid)
     try:
         job = torch.load(Path(job_dir) / f"rank{rank}.pt", weights_only=False)
         opts: DDPOptions = job["opts"]
         device = rank_device(torch.device(job["device"]), rank)
         cap_device_memory(device)  # under hardware.memory_cap: the device budget is this rank's hard limit on CUDA
-        if device.type == "cpu":  # ranks on one host share its cores instead of each starting one thread per core
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.world_size))
-        _join_group(job["backend"], opts.master_addr, job["port"], rank, opts.world_size, opts.timeout_s)
+        if device.type == "cpu":  # ranks share the job's cores (its affinity) instead of each taking them all
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // opts.world_size))
+        if torchrun:
+            dist.init_process_group(job["backend"], init_method="env://",
+                                    timeout=datetime.timedelta(seconds=opts.timeout_s))
+        else:
+            _join_group(job["backend"], opts.master_addr, job["port"], rank, opts.world_size, opts.timeout_s)
         timings = {**job["timings_s"], "startup": time.time() - launched_at}
         result = _run_rank(job["shard"], job["model"], job["params"], job["train"], opts, device, timings,
                            job["evaluation"])
@@ -241,9 +250,12 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
     backend = backend_for(opts, device)
     if device.type == "cuda" and opts.world_size > torch.cuda.device_count():
         raise ValueError(f"system.world_size={opts.world_size} but only {torch.cuda.device_count()} CUDA device(s) "
-                         "are visible; lower system.world_size or use train.device=cpu (gloo)")
-    store = _serve_rendezvous(opts.master_addr, opts.master_port, opts.world_size, opts.timeout_s)
-    port = store.port
+                         "are visible; lower system.world_size or use train.device=cpu (gloo); on Slurm, ask for "
+                         "hydra.launcher.gpus_per_task=<world_size>")
+    torchrun = opts.launch == "torchrun"  # torchrun has its own rendezvous
+    store = None if torchrun else _serve_rendezvous(opts.master_addr, opts.master_port, opts.world_size,
+                                                    opts.timeout_s)
+    port = None if torchrun else store.port
     workdirs.reap_multiprocessing_leftovers()  # a killed launcher's forkserver socket folder
     start = time.perf_counter()
     parts, csr = _prepare(graph, model, opts.world_size, opts.partition, train.seed)
@@ -262,6 +274,11 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
                         "device": str(device), "backend": backend, "port": port, "timings_s": timings,
                         "evaluation": evaluation}, job_dir / f"rank{rank}.pt")
         del shards
+        if torchrun:
+            run_ranks(job_dir, opts)
+            result: RunResult = torch.load(job_dir / "result.pt", weights_only=False)
+            result.extra["rank_pids"] = [rank["pid"] for rank in result.extra["ranks"]]
+            return result
         processes = [context.Process(target=_spawned_rank, args=(rank, str(job_dir), os.getpid(), time.time()),
                                      daemon=True)
                      for rank in range(opts.world_size)]
@@ -340,7 +357,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--partition", default="metis", choices=list(PARTITIONS))
     parser.add_argument("--world-size", type=int, default=2, help="ranks to start (ignored under torchrun)")
     parser.add_argument("--timeout-s", type=float, default=120.0)
+    parser.add_argument("--job-dir", help=argparse.SUPPRESS)  # system.launch=torchrun: a rank of train()'s job
+    parser.add_argument("--launcher-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.job_dir:
+        from baselines import ddp_fullgraph  # the module's real name: the shards unpickle its types, not __main__'s
+
+        return ddp_fullgraph._spawned_rank(int(os.environ["RANK"]), args.job_dir, args.launcher_pid,
+                                           args.launched_at, torchrun=True)
     under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0))
     graph = _load_graph(args)

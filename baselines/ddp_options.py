@@ -23,7 +23,8 @@ class DDPOptions:
     master_addr: str = "127.0.0.1"
     master_port: int | None = None  # None = pick a free port
     start_method: str = "forkserver"  # forkserver imports torch once per parent; spawn is the portable fallback
-    launch: str = "spawn"  # spawn = train() starts the ranks; env = join a world started by torchrun
+    launch: str = "spawn"  # spawn = train() starts the ranks; torchrun = train() runs torchrun for them (a cluster
+    # job's allocation); env = this process is a rank of a world started by torchrun
     cache_input_aggregation: bool = True  # layer 0's A X computed (and its halo fetched) once, not every epoch
     job_timeout_s: float | None = None  # whole-job limit (tests); None = none
     fail_rank: int | None = None  # fault injection: this rank fails ...
@@ -54,8 +55,9 @@ class DDPOptions:
             bad("master_port", "must be null (pick a free port) or a port number in 1..65535")
         if self.start_method not in ("forkserver", "spawn"):
             bad("start_method", "unknown; valid: forkserver, spawn")
-        if self.launch not in ("spawn", "env"):
-            bad("launch", "unknown; valid: spawn (train starts the ranks), env (inside torchrun)")
+        if self.launch not in ("spawn", "torchrun", "env"):
+            bad("launch", "unknown; valid: spawn (train starts the ranks), torchrun (train runs torchrun for them), "
+                "env (inside torchrun)")
         if not isinstance(self.cache_input_aggregation, bool):
             bad("cache_input_aggregation", "must be true or false")
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:

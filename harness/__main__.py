@@ -11,22 +11,30 @@ Examples::
 
 The last line on stdout is the run record as compact JSON; everything else (logs, progress) goes to stderr.
 SIGTERM ends a run as Ctrl-C does (``harness.signals``): a ``status: "killed"`` record, the MLflow run (and a
-sweep's parent run) KILLED, the disk tier removed; the exit code is 143 (130 for Ctrl-C).
+sweep's parent run) KILLED, the disk tier removed; the exit code is 143 (130 for Ctrl-C). Jobs that a launcher runs
+in other processes (``hydra/launcher=joblib``, ``submitit_local``, ``submitit_slurm``) handle SIGTERM the same way,
+and in a sweep whose jobs run side by side each job is pinned to cores of its own (``harness.cores``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from pathlib import Path
+from typing import Iterator
 
 import hydra
 from omegaconf import DictConfig
 
+from harness import cores
 from harness.config import ConfigError, conf_dir
 from harness.record import dumps
 from harness.run import run
 from harness.signals import acknowledge, exit_code, sigterm_as_interrupt
+from harness.sweep import SweepCallback
 from harness.systems import SystemUnavailable
-from harness.tracking import SweepCallback
 
 USER_ERRORS = (ConfigError, SystemUnavailable, ValueError, OSError)  # bad input: the message says what to fix
 
@@ -37,15 +45,29 @@ def main(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        record = run(cfg)
+        with _sigterm_in_worker(), cores.job_slot(Path(HydraConfig.get().sweep.dir) if multirun else None):
+            record = run(cfg)
     except USER_ERRORS as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise  # Hydra marks the job failed, runs the rest of the sweep, then exits non-zero
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     print(dumps(record), flush=True)
     return "reused" if record.get("reused") else record["status"]
+
+
+@contextlib.contextmanager
+def _sigterm_in_worker() -> Iterator[None]:
+    """SIGTERM as Ctrl-C in a job that a launcher runs in a process of its own (a joblib worker, submitit's job
+    process, where ``cli`` did not run): a Slurm time limit or ``scancel`` records the job as killed."""
+    if signal.getsignal(signal.SIGTERM) is sigterm_as_interrupt.handler or threading.current_thread() is not \
+            threading.main_thread():  # the launching process has it already; a thread cannot set handlers
+        yield
+        return
+    with sigterm_as_interrupt():
+        yield
 
 
 def cli() -> None:
@@ -62,6 +84,8 @@ def cli() -> None:
             print(f"interrupted by {'SIGTERM' if exit_code(interrupt) == 143 else 'Ctrl-C'}: a job in progress is "
                   "recorded as killed; a sweep continues with the same command and resume=true", file=sys.stderr)
             sys.exit(exit_code(interrupt))
+        finally:  # a failed job ends Hydra's multirun before on_multirun_end: the sweep ends from its records here
+            SweepCallback.finish_running()
 
 
 if __name__ == "__main__":

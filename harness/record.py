@@ -70,8 +70,12 @@ def redact(value: Any) -> Any:
 
 
 def machine_info() -> dict[str, Any]:
+    """The host, and what this job had of it: its CPU affinity, torch's thread count and, in a sweep whose jobs run
+    side by side, its core slot (``harness.cores``: whether its timing is comparable with the others')."""
     import psutil
     import torch
+
+    from harness.cores import current
 
     cpu_model = platform.processor() or None
     try:
@@ -94,6 +98,9 @@ def machine_info() -> dict[str, Any]:
         "ram_bytes": int(psutil.virtual_memory().total),
         "gpus": gpus,
         "cuda": torch.version.cuda,
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "sweep_slot": current(),
     }
 
 
@@ -154,6 +161,12 @@ def record_filename(record: dict[str, Any]) -> str:
     stamp = record["utc_time"].replace("-", "").replace(":", "").replace(".", "")
     dataset = str(record.get("dataset") or "none").replace("/", "_")
     return f"{stamp}_{record.get('system')}_{record.get('model')}_{dataset}.json"
+
+
+def record_id(record: dict[str, Any]) -> str:
+    """A record's identity (its file name without ``.json``): the same for its copies in ``runs/records/`` and in the
+    job directory, known from the job's start; MLflow runs carry it as tag ``flexgnn.record``."""
+    return record_filename(record)[: -len(".json")]
 
 
 def dumps(record: dict[str, Any], indent: int | None = None) -> str:

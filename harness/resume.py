@@ -9,13 +9,14 @@
   killed, skipped, cut short before its record, another config or commit) runs again and replaces the record.
   ``harness.run`` writes the job directory's record last, after the stable record and the MLflow run are complete,
   so a job interrupted half-way has none and is rerun, never half-counted.
-- The sweep's parent MLflow run is reopened (``harness.tracking.SweepCallback``) and closed with the summary of all
+- The sweep's parent MLflow run is reopened (``harness.sweep.SweepCallback``) and closed with the summary of all
   its jobs, reused and new.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,6 +24,7 @@ SWEEP_FILE = "sweep.json"  # in each sweep directory: the command's overrides an
 REUSABLE = ("ok", "infeasible", "oom")  # results; failed, killed and skipped jobs run again
 _chosen: dict[tuple[str, str], str] = {}  # one answer per sweep: its jobs re-resolve the directory with their own
 # overrides, and the stamp (Hydra's cached ${now:}) is the same for all jobs of one sweep
+CHOSEN_ENV = "FLEXGNN_SWEEP_DIRS"  # the answers, for jobs that a launcher runs in other processes (joblib, submitit)
 
 
 def command_overrides(overrides: Iterable[Any]) -> list[str]:
@@ -33,9 +35,13 @@ def command_overrides(overrides: Iterable[Any]) -> list[str]:
 def sweep_dir(parent: str, stamp: str, resume: bool, overrides: Iterable[Any]) -> str:
     """OmegaConf resolver ``${sweep_dir:PARENT,STAMP,RESUME,OVERRIDES}``: see the module docstring."""
     key = (str(parent), str(stamp))
+    inherited = json.loads(os.environ.get(CHOSEN_ENV) or "{}")
+    if key not in _chosen and f"{parent}|{stamp}" in inherited:  # a job process: the launching process chose
+        _chosen[key] = inherited[f"{parent}|{stamp}"]
     if key not in _chosen:
         previous = latest_sweep(Path(parent), command_overrides(overrides)) if resume else None
         _chosen[key] = str(previous if previous is not None else Path(parent) / str(stamp))
+        os.environ[CHOSEN_ENV] = json.dumps({**inherited, f"{parent}|{stamp}": _chosen[key]})
     return _chosen[key]
 
 

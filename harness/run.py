@@ -31,7 +31,8 @@ from harness import resume, signals
 from harness.config import ConfigError, Settings, validate
 from harness.job import train_job
 from harness.systems import SystemUnavailable, get_train_fn, preflight
-from harness.tracking import PARENT_ID_FILE, Store
+from harness.tracking import OFFLINE_HINT, PARENT_ID_FILE, RECORD_TAG, Store, open_store, resolve_uri, unreachable
+from harness.upload import mark_pending
 
 RECORDS_SUBDIR = "records"
 log = logging.getLogger("harness")  # stderr and the job's harness.log under Hydra; stdout stays the record
@@ -108,14 +109,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     config_yaml = records.redact(OmegaConf.to_yaml(cfg, resolve=True))
     runs_dir = Path(cfg.runs_dir)
     name = f"{settings.system_name}-{settings.model.kind}-{settings.dataset_name}"
-    store = Store.open(cfg.mlflow, runs_dir) if cfg.mlflow.enabled else None
+    store, offline = open_store(cfg.mlflow, runs_dir) if cfg.mlflow.enabled else (None, None)
     run_id = None
     if store:
-        run_id = store.start_run(name, {"system": settings.system_name, "model": settings.model.kind,
-                                        "dataset": settings.dataset_name, "commit": git["commit"],
-                                        "dirty": git["dirty"]}, job.get("parent_run_id"))
+        tags = {"system": settings.system_name, "model": settings.model.kind, "dataset": settings.dataset_name,
+                "commit": git["commit"], "dirty": git["dirty"], RECORD_TAG: records.record_id(
+                    {"utc_time": records.utc_iso(started), "system": settings.system_name,
+                     "model": settings.model.kind, "dataset": settings.dataset_name})}
+        try:
+            run_id = store.start_run(name, tags, job.get("parent_run_id"))
+        except Exception as error:
+            if not unreachable(error):
+                raise
+            store, offline = None, f"{type(error).__name__}: {error}"
+    if offline:
+        log.warning("MLflow tracking server unreachable (%s): this run's record is kept on disk. %s", offline,
+                    OFFLINE_HINT)
     tracking = {"tracking_uri": store.uri, "experiment_id": store.experiment_id, "run_id": run_id,
                 "parent_run_id": job.get("parent_run_id")} if store else None
+    if offline:  # what an upload needs: the sweep's parent run, if it has one
+        tracking = {"tracking_uri": resolve_uri(cfg.mlflow, runs_dir), "experiment_id": None, "run_id": None,
+                    "parent_run_id": job.get("parent_run_id"), "unreachable": offline}
     common["tracking"] = tracking
     try:
         graph_stats, result = cap.train(config) if cap else train_job(settings, train_fn)
@@ -133,13 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cap:
             record["memory_cap"] = records.jsonable(cap.facts)
         stable = _write(record, runs_dir, job)
-        if store:
-            try:
-                store.log_record(run_id, record, config_yaml)
-            except BaseException as error:
-                store.fail_run(run_id, error, status=_close_status(error))
-                raise
-            store.client.set_terminated(run_id, status="FINISHED")
+        _index(record, stable, store, run_id, config_yaml)
         _write_job_record(record, job)
     median, best = result["median_epoch_s"], result.get("best_val")
     log.info("done: median epoch %s, val acc %.4f, test acc %.4f%s, host peak %.0f MiB; record %s%s",
@@ -166,6 +174,31 @@ def _write_job_record(record: dict[str, Any], job: dict[str, Any]) -> None:
         records.write_json(job["output_dir"] / "record.json", record, overwrite=True)
 
 
+def _index(record: dict[str, Any], path: Path, store: Store | None, run_id: str | None, config_yaml: str,
+           tags: dict[str, str] | None = None) -> None:
+    """Log ``record`` (written at ``path``) on its MLflow run and close the run FINISHED. When the tracking server
+    cannot be reached, now or since the run began, the record is marked for ``python -m harness.upload`` instead and
+    the job goes on: nothing is lost. Any other failure marks the run FAILED and raises."""
+    unsent = (record.get("tracking") or {}).get("unreachable")
+    if store is None:
+        if unsent:
+            mark_pending(path, unsent)
+        return
+    try:
+        store.log_record(run_id, record, config_yaml)
+        for key, value in (tags or {}).items():
+            store.client.set_tag(run_id, key, value[:5000])
+        store.client.set_terminated(run_id, status="FINISHED")
+    except BaseException as error:
+        if isinstance(error, Exception) and unreachable(error):
+            log.warning("MLflow tracking server unreachable while logging run %s (%s): the record %s is kept on "
+                        "disk. %s", run_id, error, path, OFFLINE_HINT)
+            mark_pending(path, f"{type(error).__name__}: {error}")
+            return
+        store.fail_run(run_id, error, status=_close_status(error))
+        raise
+
+
 def _close_status(error: BaseException) -> str:
     """KILLED for Ctrl-C or SIGTERM (``harness.signals``, then told that the cleanup has begun), else FAILED."""
     if isinstance(error, KeyboardInterrupt):
@@ -183,8 +216,18 @@ def _record_failure(error: BaseException, common: dict[str, Any], job: dict[str,
                                   error=f"{type(error).__name__}: {error}", **common)
     failed["error_traceback"] = records.redact("".join(traceback.format_exception(error)))
     _write_job_record(failed, job)
+    path = job["output_dir"] / "record.json" if "output_dir" in job else None
+    unsent = (common.get("tracking") or {}).get("unreachable")
     if store:
-        store.fail_run(run_id, error, status=_close_status(error))
+        try:
+            store.fail_run(run_id, error, status=_close_status(error))
+        except Exception as failure:
+            if not unreachable(failure):
+                raise
+            unsent = f"{type(failure).__name__}: {failure}"
+            log.warning("MLflow tracking server unreachable: run %s is not marked %s. %s", run_id, status, OFFLINE_HINT)
+    if unsent and path is not None:
+        mark_pending(path, unsent)
 
 
 def _record_infeasible(result: dict[str, Any], common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
@@ -195,12 +238,8 @@ def _record_infeasible(result: dict[str, Any], common: dict[str, Any], job: dict
     record = records.build_record(graph_stats=None, result=None, status="infeasible", error=error, **common)
     record["plan"] = records.jsonable(result["plan"])  # what the solver proposed, with the budget it had to fit
     with signals.deferred():
-        _write(record, runs_dir, job)
-        if store:
-            store.log_record(run_id, record, config_yaml)
-            store.client.set_tag(run_id, "status", "infeasible")
-            store.client.set_tag(run_id, "error", str(error)[:5000])
-            store.client.set_terminated(run_id, status="FINISHED")
+        stable = _write(record, runs_dir, job)
+        _index(record, stable, store, run_id, config_yaml, {"status": "infeasible", "error": str(error)})
         _write_job_record(record, job)
     log.warning("infeasible: %s", error)
     return record
@@ -213,12 +252,8 @@ def _record_oom(error: capping.OutOfMemory, common: dict[str, Any], job: dict[st
     record = records.build_record(graph_stats=None, result=None, status="oom", error=str(error), **common)
     record["memory_cap"] = records.jsonable(error.facts)
     with signals.deferred():
-        _write(record, runs_dir, job)
-        if store:
-            store.log_record(run_id, record, config_yaml)
-            store.client.set_tag(run_id, "status", "oom")
-            store.client.set_tag(run_id, "error", str(error)[:5000])
-            store.client.set_terminated(run_id, status="FINISHED")
+        stable = _write(record, runs_dir, job)
+        _index(record, stable, store, run_id, config_yaml, {"status": "oom", "error": str(error)})
         _write_job_record(record, job)
     log.warning("oom: %s", error)
     return record

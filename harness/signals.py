@@ -76,6 +76,7 @@ def deferred() -> Iterator[None]:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` in the main thread inside the block (``sigterm_as_interrupt.handler``)."""
     _acknowledged.clear()
     _resending.clear()
     _pending.clear()
@@ -85,3 +86,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         _acknowledged.set()  # ends a resending thread
         signal.signal(signal.SIGTERM, previous)
+
+
+sigterm_as_interrupt.handler = _terminate  # what is installed, so a job can tell whether its process has it

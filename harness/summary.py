@@ -37,6 +37,11 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
     fallback = (result.get("extra") or {}).get("device_fallback")
     if fallback:  # e.g. DGL on a CUDA machine: a CPU time in a GPU sweep, marked so
         row["note"] = f"ran on {result.get('device')}, not the requested device: {fallback}"
+    slot = (record.get("machine") or {}).get("sweep_slot") or {}
+    if slot.get("comparable") is False:  # jobs of a parallel sweep shared cores (harness/cores.py)
+        shared = (f"timing not comparable: {slot.get('parallel_jobs')} jobs at once shared the cores "
+                  f"(this one ran on {slot.get('cores')})")
+        row["note"] = f"{shared}; {row['note']}" if row["note"] else shared
     return row
 
 

@@ -5,19 +5,26 @@ sqlite file ``<runs_dir>/mlflow.db`` (MLflow's own default silently changes when
 Artifacts go next to a sqlite store (``mlartifacts/``), set on the experiment so nothing lands in the cwd.
 Everything goes through an explicit ``MlflowClient``: no global active run, nothing printed on stdout.
 
-Concurrent runs share one store safely: it is opened (and, when new, created and migrated by MLflow) under a file
-lock, since MLflow's schema migration is not safe to run twice at once. Every run is tagged with its host, pid and
-the process's start time; opening the store closes as KILLED this host's RUNNING runs whose process is gone (a
-SIGKILL, the out-of-memory killer, a lost node), so no run stays RUNNING forever.
+Concurrent runs share one store safely: a sqlite store is opened (and, when new, created and migrated by MLflow)
+under a file lock, since MLflow's schema migration is not safe to run twice at once. Every run is tagged with its
+host, pid and the process's start time; opening the store closes as KILLED this host's RUNNING runs whose process
+is gone (a SIGKILL, the out-of-memory killer, a lost node), so no run stays RUNNING forever.
+
+A tracking server (``MLFLOW_TRACKING_URI=http://HOST:PORT``, the store for clusters: README) needs no lock (its
+database serialises writers) and keeps artifacts where the server says. Requests to it are retried briefly when it
+is busy or away (``HTTP_RETRY_DEFAULTS``: about 7 s; MLflow's own variables override them); a server that cannot
+be reached (``unreachable``) does not fail a job: the record stays on disk, marked for ``python -m harness.upload``.
+Metrics carry the record's finish time as their timestamp, so logging a record twice (an upload after a partial
+one) adds nothing: MLflow drops a metric identical in key, value, step and timestamp.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import socket
-import sys
 import tempfile
 import time
 import traceback
@@ -25,15 +32,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-
 from flexgnn_core import spec
 from flexgnn_core.workdirs import is_running, process_started
 from harness.filelock import exclusive
 from harness.record import redact
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# MLflow's defaults retry an unreachable server for about four minutes per request; a job waits about 7 s, then
+# keeps its record on disk (an upload brings it in later).
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+for _name, _value in HTTP_RETRY_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+OFFLINE_HINT = "Upload it when the server is back: python -m harness.upload runs/records runs/sweeps"
+RECORD_TAG = "flexgnn.record"  # the record's id (harness.record.record_id): finds a run again on any server
 PARENT_ID_FILE = "mlflow_parent_run_id.txt"
 _MAX_PARAM_CHARS = 6000
 OWNER_TAGS = ("flexgnn.host", "flexgnn.pid", "flexgnn.pid_started")  # which process a run belongs to
@@ -49,9 +61,17 @@ def resolve_uri(mlflow_cfg: Any, runs_dir: Path) -> str:
     return mlflow_cfg.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(runs_dir)
 
 
-def artifact_location(uri: str, runs_dir: Path, explicit: str | None) -> str:
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def artifact_location(uri: str, runs_dir: Path, explicit: str | None) -> str | None:
+    """Where a new experiment's artifacts go: ``explicit``, else next to a sqlite store, else ``<runs_dir>``; None
+    for a tracking server (its ``--artifacts-destination`` / ``--default-artifact-root`` decides)."""
     if explicit:
         return explicit
+    if is_server(uri):
+        return None
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     return (Path(runs_dir) / "mlartifacts").resolve().as_uri()
@@ -74,7 +94,8 @@ class Store:
 
         uri = resolve_uri(mlflow_cfg, runs_dir)
         name = mlflow_cfg.get("experiment") or "flexgnn-bench"
-        with exclusive(_lock_path(uri, runs_dir), LOCK_TIMEOUT_S):  # create, migrate, add the experiment: one at a time
+        lock = contextlib.nullcontext() if is_server(uri) else exclusive(_lock_path(uri, runs_dir), LOCK_TIMEOUT_S)
+        with lock:  # create, migrate, add the experiment: one at a time
             client = MlflowClient(tracking_uri=uri)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -132,9 +153,10 @@ class Store:
         return closed
 
     def log_record(self, run_id: str, record: dict[str, Any], config_yaml: str) -> None:
+        """Params, metrics and artifacts of ``record``; idempotent (metrics are stamped with its finish time)."""
         from mlflow.entities import Metric, Param
 
-        now = int(time.time() * 1000)
+        now = record_time_ms(record)
         params = [Param(key, _param_value(value)) for key, value in flatten(record["config"]).items()]
         metrics = [Metric(key, value, now, step) for key, value, step in metrics_of(record)]
         for start in range(0, len(params), 100):
@@ -160,6 +182,43 @@ class Store:
                    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+
+
+def record_time_ms(record: dict[str, Any]) -> int:
+    """The record's finish time in ms since the epoch (now for a record without one)."""
+    from datetime import datetime, timezone
+
+    stamp = record.get("finished_utc_time") or record.get("utc_time")
+    try:
+        moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError):
+        return int(time.time() * 1000)
+    return int(moment.timestamp() * 1000)
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) says the tracking server could not be reached or stayed busy after
+    MLflow's retries, rather than that a request was wrong."""
+    import requests
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                              requests.exceptions.RetryError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def open_store(mlflow_cfg: Any, runs_dir: Path) -> tuple[Store | None, str | None]:
+    """``(store, None)``, or ``(None, why)`` when the tracking server cannot be reached (any other error raises)."""
+    try:
+        return Store.open(mlflow_cfg, runs_dir), None
+    except Exception as error:
+        if not unreachable(error):
+            raise
+        return None, f"{type(error).__name__}: {error}"
 
 
 def owner_tags() -> dict[str, Any]:
@@ -219,133 +278,3 @@ def metrics_of(record: dict[str, Any]) -> list[tuple[str, float, int]]:
              ("mem/device_budget_bytes", extra.get("device_budget_bytes"), 0)]
     return [(name, float(value), step) for name, value, step in rows
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
-
-
-def count_jobs(config: DictConfig) -> int | None:
-    """Jobs a basic-sweeper multirun will launch (product of sweep choices); None when it cannot tell."""
-    try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        params = config.hydra.sweeper.get("params")  # None for a plain command-line multirun
-        params = OmegaConf.to_container(params, resolve=False) if params else {}
-        strings = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
-        by_key = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(strings)}
-        return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
-                         for o in by_key.values())
-    except Exception:  # another sweeper's syntax: progress then shows no total
-        return None
-
-
-class SweepCallback(Callback):
-    """A parent MLflow run per multirun, sweep progress on stderr, and the tables and plots when the last job ends
-    (``harness.report.write_reports``; the planner summary also as ``planner/...`` metrics on the parent run).
-    A resumed sweep (``resume=true``, ``harness.resume``) reopens its parent run; an interrupted one (Ctrl-C,
-    SIGTERM) has it closed as KILLED by ``close_interrupted``."""
-
-    running: "SweepCallback | None" = None  # the sweep of this process, for close_interrupted
-
-    def __init__(self) -> None:
-        self.store: Store | None = None
-        self.parent_run_id: str | None = None
-        self.total: int | None = None
-        self.done = self.failed = 0
-        self.outcomes: dict[str, int] = {}  # jobs that returned, by record status: ok, skipped, infeasible
-        self.finished = False
-        self.sweep_dir: Path | None = None
-        self.started = time.perf_counter()
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from harness.record import utc_iso, utc_now
-        from harness.resume import write_sweep_file
-
-        self.sweep_dir = Path(config.hydra.sweep.dir)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        parent_file = self.sweep_dir / PARENT_ID_FILE
-        resumed = bool(config.get("resume")) and (self.sweep_dir / "sweep.json").exists()
-        write_sweep_file(self.sweep_dir, config.hydra.overrides.task, utc_iso(utc_now()))
-        self.total = count_jobs(config)
-        self.started = time.perf_counter()
-        SweepCallback.running = self
-        if config.mlflow.enabled:
-            self.store = Store.open(config.mlflow, Path(config.runs_dir))
-            earlier = parent_file.read_text().strip() if resumed and parent_file.exists() else None
-            if earlier and self._reopen(earlier):
-                self.parent_run_id = earlier
-            else:
-                self.parent_run_id = self.store.start_run(
-                    f"sweep-{self.sweep_dir.name}", {"kind": "sweep", "sweep_dir": self.sweep_dir.resolve(),
-                                                      "num_jobs": self.total})
-                parent_file.write_text(self.parent_run_id + "\n")
-        if config.get("resume") and not resumed:
-            print("resume: no earlier sweep of this command in this runs_dir; starting a new one", file=sys.stderr)
-        print(f"sweep: {self.total or '?'} jobs into {self.sweep_dir}"
-              f"{' (resumed: complete jobs are reused)' if resumed else ''}", file=sys.stderr, flush=True)
-
-    def _reopen(self, run_id: str) -> bool:
-        try:
-            self.store.reopen_run(run_id)
-        except Exception as error:  # deleted, or in another store: the resumed sweep gets a new parent run
-            log.warning("resume: cannot reopen parent run %s (%s); starting a new parent run", run_id, error)
-            return False
-        return True
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-
-        if self.sweep_dir is None:  # Hydra calls on_job_end for single runs too; only sweeps are tracked here
-            return
-        self.done += 1
-        self.failed += job_return.status == JobStatus.FAILED
-        overrides = " ".join(job_return.overrides or [])
-        state = "FAILED" if job_return.status == JobStatus.FAILED else str(job_return.return_value or "ok")
-        if job_return.status != JobStatus.FAILED:
-            self.outcomes[state] = self.outcomes.get(state, 0) + 1
-        if self.total:
-            filled = min(20, round(20 * self.done / self.total))
-            progress = f"[{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total}"
-        else:  # another sweeper's syntax: the total is unknown, so no bar
-            progress = f"{self.done}/?"
-        print(f"sweep {progress} {time.perf_counter() - self.started:.0f}s  {state}: {overrides}", file=sys.stderr,
-              flush=True)
-        if self.total is not None and self.done >= self.total:
-            self._finish()
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._finish()
-
-    @classmethod
-    def close_interrupted(cls, interrupt: BaseException) -> None:
-        """Ctrl-C or SIGTERM ended this process's sweep between or inside jobs: its parent run becomes KILLED."""
-        sweep, cls.running = cls.running, None
-        if sweep is None or sweep.finished:
-            return
-        sweep.finished = True
-        if sweep.store and sweep.parent_run_id:
-            sweep.store.client.set_tag(sweep.parent_run_id, "error", f"interrupted ({type(interrupt).__name__}) "
-                                       f"after {sweep.done} of {sweep.total or '?'} jobs; resume with resume=true")
-            sweep.store.client.set_terminated(sweep.parent_run_id, status="KILLED")
-
-    def _finish(self) -> None:
-        if self.finished or self.sweep_dir is None:
-            return
-        self.finished = True
-        SweepCallback.running = None
-        from harness.report import write_reports
-        from harness.report_planner import summary_line
-
-        tables, planner = write_reports(sorted(self.sweep_dir.glob("*/record.json")), self.sweep_dir)
-        if self.store and self.parent_run_id:
-            for path in tables:
-                self.store.client.log_artifact(self.parent_run_id, str(path))
-            self.store.client.set_tag(self.parent_run_id, "failed_jobs", str(self.failed))
-            for state, count in self.outcomes.items():
-                if state != "ok":
-                    self.store.client.set_tag(self.parent_run_id, f"{state}_jobs", str(count))
-            if planner is not None:
-                self.store.log_summary(self.parent_run_id, {f"planner/{k}": v for k, v in planner.items()})
-            self.store.client.set_terminated(self.parent_run_id, status="FAILED" if self.failed else "FINISHED")
-        returned = ", ".join(f"{count} {state}" for state, count in sorted(self.outcomes.items()))
-        print(f"sweep done: {returned or '0 ok'}, {self.failed} failed; tables and plots in "
-              f"{', '.join(str(p) for p in tables)}", file=sys.stderr, flush=True)
-        if planner is not None:
-            print(f"planner: {summary_line(planner)}", file=sys.stderr, flush=True)

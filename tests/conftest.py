@@ -79,6 +79,38 @@ def mlflow_client(harness_dirs: SimpleNamespace, _mlflow_template_db: Path):
     return MlflowClient(tracking_uri=harness_dirs.uri)
 
 
+CLUSTER_MODULES = ("hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_submitit_launcher", "submitit")
+
+
+def missing_cluster_extra() -> list[str]:
+    """The launcher packages of the ``cluster`` extra that are not installed."""
+    import importlib.util
+
+    return [name for name in CLUSTER_MODULES if importlib.util.find_spec(name.split(".")[0]) is None
+            or importlib.util.find_spec(name) is None]
+
+
+def pytest_report_header(config) -> str | None:
+    missing = missing_cluster_extra()
+    if missing:
+        return (f"cluster extra missing ({', '.join(missing)}): launcher tests are SKIPPED; "
+                "pip install -e '.[test]' (or '.[cluster]') to run them")
+    return None
+
+
+@pytest.fixture
+def cluster_extra():
+    """Hydra's joblib and submitit launchers (the ``cluster`` extra), or a skip saying how to get them, also as a
+    warning so that it shows in every test summary."""
+    import warnings
+
+    missing = missing_cluster_extra()
+    if missing:
+        warnings.warn(f"launcher tests skipped: the cluster extra is not installed ({', '.join(missing)}); "
+                      "pip install -e '.[test]'")
+        pytest.skip(f"the cluster extra is not installed ({', '.join(missing)}): pip install -e '.[test]'")
+
+
 @pytest.fixture
 def memcap_mechanism():
     """This machine's memory-cap mechanism (harness/memcap.py), or a skip that says why it has none, also as a

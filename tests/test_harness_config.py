@@ -10,7 +10,7 @@ from hydra.errors import MissingConfigException
 
 from harness.config import DATASET_NAMES, ConfigError, conf_dir, parse_bytes, validate
 from harness.systems import SYSTEMS
-from harness.tracking import count_jobs
+from harness.sweep import count_jobs
 
 CONF = conf_dir()
 

@@ -20,7 +20,7 @@ from flexgnn_core.plan.solvers import solve
 from flexgnn_core.spec import ModelSpec, TrainSpec
 from harness.config import ConfigError, conf_dir, validate
 from harness.run import run
-from harness.tracking import count_jobs
+from harness.sweep import count_jobs
 
 CONF = conf_dir()
 PLANNERS = ["all_device", "all_host", "recompute", "flexgnn_greedy", "hongtu_like", "optimal", "optimal_p"]

@@ -23,7 +23,8 @@ from harness import resume
 from harness.record import build_record, redact
 from harness.run import run
 from harness.signals import Terminated, sigterm_as_interrupt
-from harness.tracking import SweepCallback, Store, count_jobs
+from harness.sweep import SweepCallback, count_jobs
+from harness.tracking import Store
 from hydra_jobs import hydra_job
 
 
@@ -196,6 +197,9 @@ def test_a_plain_command_line_multirun_counts_its_jobs(compose, capsys, tmp_path
     assert cfg.hydra.sweeper.params is None and count_jobs(cfg) == 6
     callback = SweepCallback()
     callback.sweep_dir, callback.total = tmp_path, None  # another sweeper's syntax: no total
+    callback.launcher_pid = os.getpid()  # jobs run in this process (Hydra's basic launcher)
+    (tmp_path / "0_pyg_gcn").mkdir()  # progress counts job records (harness/sweep.py)
+    (tmp_path / "0_pyg_gcn" / "record.json").write_text(json.dumps({"status": "ok", "overrides": ["model=gcn"]}))
     callback.on_job_end(cfg, JobReturn(overrides=["model=gcn"], status=JobStatus.COMPLETED, _return_value="ok"))
     assert "sweep 1/? " in capsys.readouterr().err  # no bar claiming the sweep is done
 

@@ -21,7 +21,9 @@
 
 ``load_or_measure()`` caches the result as JSON under ``$FLEXGNN_CACHE_DIR`` (default ``~/.cache/flexgnn-bench``),
 in a file named by a fingerprint of the machine (CPU model, cores, torch threads, torch version, device); ``force=True``
-measures again. ``profile(name)`` returns datasheet values (not measurements) of known GPUs and links.
+measures again. The file is written atomically, and measured by one process at a time (``measuring``: a lock next to
+it), so the parallel jobs of a sweep on one machine calibrate once: the others wait, then read its file.
+``profile(name)`` returns datasheet values (not measurements) of known GPUs and links.
 
 Layout: ``micro`` (microbenchmarks), ``probe`` (engine probes and fits), ``profiles`` (datasheets); this module
 measures, caches and loads. Calibration is a step of its own (STYLE #4b): solvers never call it.
@@ -31,6 +33,8 @@ Command: ``python -m flexgnn_core.calibrate [--force] [--device cuda]`` prints t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +42,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -47,9 +52,10 @@ from flexgnn_core.calibrate.profiles import DISKS, GPUS, LINKS, PROFILES, profil
 from flexgnn_core.plan.cost import Hardware
 
 __all__ = ["CACHE_ENV", "SCHEMA", "DISKS", "GPUS", "LINKS", "PROFILES", "cache_path", "fingerprint",
-           "load_or_measure", "measure", "profile"]
+           "load_or_measure", "measure", "measuring", "profile"]
 
 CACHE_ENV = "FLEXGNN_CACHE_DIR"
+MEASURE_LOCK_TIMEOUT_S = 900.0  # a measurement takes seconds; a holder this slow is hung
 # 7: dropout masks; 6: per-transfer latency; 5: engine step overhead, GAT softmax; 4: halo gathers; 3: link bytes
 SCHEMA = 7
 
@@ -95,23 +101,56 @@ def cache_path(device: torch.device) -> Path:
     return folder / f"calibration-{key}.json"
 
 
+def _cached(path: Path) -> Hardware | None:
+    try:
+        record = json.loads(path.read_text())
+        if record.get("schema") == SCHEMA:
+            return Hardware.from_json(record["hardware"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass  # a corrupt or foreign cache file: measure again and overwrite it
+    return None
+
+
+@contextlib.contextmanager
+def measuring(path: Path, timeout_s: float = MEASURE_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold ``<cache file>.lock`` (``flock``, so a dead holder releases it) while this process measures: parallel jobs
+    of a sweep on one machine wait for the one measuring instead of each measuring (and skewing each other)."""
+    lock = path.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"calibration lock {lock} held by another process for more than {timeout_s:.0f} "
+                                       f"s. Fix: find it (`fuser {lock}`) and end it if it hangs") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_or_measure(device: str | torch.device | None = None, force: bool = False, scale: float = 1) -> Hardware:
     """This machine's rates from the cache, measured (and cached) when absent, stale in schema, or ``force``."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = cache_path(device)
-    if not force and path.exists():
-        try:
-            record = json.loads(path.read_text())
-            if record.get("schema") == SCHEMA:
-                return Hardware.from_json(record["hardware"])
-        except (ValueError, KeyError, TypeError):
-            pass  # a corrupt or foreign cache file: measure again and overwrite it
-    hw = measure(device, scale)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"schema": SCHEMA, "fingerprint": fingerprint(device), "measured_utc": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "hardware": hw.to_json()}
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:  # atomic: a reader sees the old file or the new one, never half of one
-        out.write(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    if not force and (hw := _cached(path)) is not None:
+        return hw
+    with measuring(path):
+        if not force and (hw := _cached(path)) is not None:  # another process measured while this one waited
+            return hw
+        hw = measure(device, scale)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"schema": SCHEMA, "fingerprint": fingerprint(device), "measured_utc": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "hardware": hw.to_json()}
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".tmp")
+        with os.fdopen(handle, "w") as out:  # atomic: a reader sees the old file or the new one, never half of one
+            out.write(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, path)
     return hw
