@@ -101,3 +101,29 @@ def test_two_threads_reading_and_writing_different_buffers_at_once(tmp_path):
         torch.testing.assert_close(first.read(slice(0, 5000)), data["a"] + 1, rtol=0, atol=0)
         assert store.disk_actual()["read"] > 0 and store.disk_modes
         assert store.counters.current["host"] == 2 * store.staging.size  # the staging, accounted as host
+
+
+def test_the_pass_that_builds_agg0_reads_the_features_not_h0_on_disk(tmp_path, monkeypatch):
+    """A stored ``agg0`` is built once from the features' halo rows. With ``h0`` on disk each chunk's scattered halo
+    would read nearly the whole file through O_DIRECT (P x the file per pass); the build reads the caller's ``x``
+    instead, so ``h0``'s file is never gathered from, and the result stays exact."""
+    from flexgnn_core import system
+    from flexgnn_core.data import make_synthetic
+    from flexgnn_core.models import init_params
+    from flexgnn_core.spec import ModelSpec, TrainSpec
+
+    graph = make_synthetic(num_nodes=3000, avg_degree=8, num_features=16, num_classes=4)
+    model = ModelSpec(kind="gcn", num_layers=2, hidden=8)
+    params = init_params(model, graph.num_features, graph.num_classes, seed=0)
+    spec = TrainSpec(epochs=2, warmup_epochs=0, progress=False, device="cpu")
+    placement = {"graph": "device", "h0": "disk", "agg0": "device", "h1": "device", "grad_h1": "device",
+                 "grad_h2": "device", "agg1": "recompute"}
+    gathered = []
+    read_index = RowFile.read_index
+    monkeypatch.setattr(RowFile, "read_index", lambda self, index: gathered.append(self.width) or
+                        read_index(self, index))
+    options = {"print_plan": False, "disk_dir": str(tmp_path), "num_chunks": 8, "order": "aggregate_first"}
+    result = system.train(graph, model, params, spec, {**options, "placement": placement})
+    reference = system.train(graph, model, params, spec, {**options, "policy": "all_device"})
+    assert result.plan["placement"]["h0"] == "disk" and gathered.count(graph.num_features) == 0
+    assert result.epoch_losses == reference.epoch_losses

@@ -115,8 +115,19 @@ class Engine:
             return (self.drop.rows(0, slice(0, self.num_nodes), whole) if dropped else whole), False
         if buffer.tier == "device" and not gather and not dropped:
             return buffer.data, True
+        if name == "h0" and buffer.tier == "disk" and not self.agg0_ready and self.stored("agg0") and not dropped:
+            return self._feature_halo(chunk), False
         got = buffer.read(chunk.halo)
         return (self.drop.rows(0, chunk.halo, got) if dropped else got), False
+
+    def _feature_halo(self, chunk: Chunk) -> Tensor:
+        """The halo rows of the features for the one pass that builds a stored ``agg0``, from the caller's ``x``
+        (host memory or a memory-mapped file) rather than ``h0`` on disk: a halo is scattered over the whole file,
+        so each chunk's gather would read (nearly) all of it through ``O_DIRECT`` (P x the file: 131 GB for one
+        pass at 1M nodes, P=512); ``x`` holds the same values and its pages stay cached. Not counted on a link,
+        like the rest of that one-off pass (``simulate`` predicts steady-state epochs)."""
+        x = self.prepared.x
+        return x[chunk.halo.to(x.device)].to(self.device)
 
     def _passes(self, fetch) -> object:
         return self.store.prefetched(self.chunks, fetch, self.prefetch)
