@@ -110,10 +110,11 @@ def deterministic_layer(args: argparse.Namespace, selected: tuple[cases.Case, ..
     return result
 
 
-def instructions_layer(args: argparse.Namespace, selected: tuple[cases.Case, ...]) -> LayerResult:
+def instructions_layer(args: argparse.Namespace, selected: tuple[cases.Case, ...],
+                       started: instructions.Measurement | None) -> LayerResult:
     path = args.baseline_dir / "instructions.json"
     old = _load(path)
-    result, now = instructions.run(selected, None if args.update else old, args.instr_repeats)
+    result, now = instructions.run(selected, None if args.update else old, args.instr_repeats, started=started)
     result.against = _shown(path)
     if args.update and now:
         result.status, result.findings = "pass", []
@@ -133,14 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results = []
-    for layer in args.layers:
+    results, started = [], None
+    if "instructions" in args.layers and instructions.unavailable() is None:
+        started = instructions.Measurement(selected)  # valgrind on one core while layer 1 runs on the other
+    for layer in (layer for layer in LAYERS if layer in args.layers):  # wall clock last, alone on the machine
         print(f"gate: running layer {layer} ...", file=sys.stderr, flush=True)
         try:
             if layer == "deterministic":
                 results.append(deterministic_layer(args, selected))
             elif layer == "instructions":
-                results.append(instructions_layer(args, selected))
+                results.append(instructions_layer(args, selected, started))
             else:
                 results.append(wallclock.run(args.against, args.ab_threshold, args.ab_report_only, args.ab_seconds))
         except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as error:  # the tree under test broke

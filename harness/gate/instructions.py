@@ -74,10 +74,14 @@ def _parse_dumps(folder: Path) -> dict[str, int]:
     return counts
 
 
-def measure(selected: tuple[cases.Case, ...], env: dict[str, str] | None = None) -> dict[str, int]:
-    """Instructions of one epoch per case, from one valgrind run of the worker (minutes: see ``TIMEOUT_S``)."""
-    with tempfile.TemporaryDirectory(prefix="flexgnn-gate-callgrind-") as tmp:
-        folder = Path(tmp)
+class Measurement:
+    """One valgrind run of the worker over ``selected``, started at construction (it runs beside the
+    deterministic layer: both count, neither times); ``counts()`` waits for it and reads the dumps."""
+
+    def __init__(self, selected: tuple[cases.Case, ...], env: dict[str, str] | None = None):
+        self.selected = selected
+        self.folder = tempfile.TemporaryDirectory(prefix="flexgnn-gate-callgrind-")
+        folder = Path(self.folder.name)
         (folder / "helper.c").write_text(HELPER_SOURCE)
         subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(folder / "helper.so"), str(folder / "helper.c")],
                        check=True, capture_output=True)
@@ -85,31 +89,48 @@ def measure(selected: tuple[cases.Case, ...], env: dict[str, str] | None = None)
                    f"--callgrind-out-file={folder / 'callgrind.out'}", sys.executable, "-m",
                    "harness.gate.callgrind_worker", str(folder / "helper.so"), *(case.name for case in selected)]
         worker_env = {**(env or os.environ), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-        repo = Path(__file__).resolve().parents[2]
-        done = subprocess.run(command, cwd=repo, env=worker_env, capture_output=True, text=True, timeout=TIMEOUT_S)
-        counts = _parse_dumps(folder)
-        missing = [case.name for case in selected if not counts.get(case.name)]
-        if done.returncode or missing:
-            tail = "\n".join([line for line in done.stderr.splitlines() if not line.startswith("==")][-15:])
-            raise RuntimeError(f"callgrind worker failed (exit {done.returncode}; no count for "
-                               f"{', '.join(missing) or 'none'}):\n{tail}")
-        return {case.name: counts[case.name] for case in selected}
+        self.log = (folder / "worker.log").open("w+")
+        self.process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2], env=worker_env,
+                                        stdout=self.log, stderr=subprocess.STDOUT, text=True)
+
+    def counts(self) -> dict[str, int]:
+        try:
+            code = self.process.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise RuntimeError(f"callgrind worker did not finish within {TIMEOUT_S} s") from None
+        try:
+            found = _parse_dumps(Path(self.folder.name))
+            missing = [case.name for case in self.selected if not found.get(case.name)]
+            if code or missing:
+                self.log.seek(0)
+                tail = "\n".join([line for line in self.log.read().splitlines() if not line.startswith("==")][-15:])
+                raise RuntimeError(f"callgrind worker failed (exit {code}; no count for "
+                                   f"{', '.join(missing) or 'none'}):\n{tail}")
+            return {case.name: found[case.name] for case in self.selected}
+        finally:
+            self.log.close()
+            self.folder.cleanup()
 
 
 def run(selected: tuple[cases.Case, ...], baseline: dict[str, Any] | None, repeats: int = 1,
-        env: dict[str, str] | None = None) -> tuple[LayerResult, dict[str, Any]]:
-    """Measure (``repeats`` valgrind runs; the counts are their mean, the spread is reported) and compare."""
+        env: dict[str, str] | None = None, started: Measurement | None = None) -> tuple[LayerResult, dict[str, Any]]:
+    """Measure (``repeats`` valgrind runs, the first possibly ``started`` already; the counts are their mean, the
+    spread is reported per case) and compare with ``baseline``."""
     why = unavailable()
     if why:
         banner = f"!!! INSTRUCTION LAYER SKIPPED, NOT PASSED: {why} !!!"
         return LayerResult("instructions", "skipped", notes=["!" * len(banner), banner, "!" * len(banner)]), {}
     start = time.perf_counter()
-    runs = [measure(selected, env) for _ in range(repeats)]
+    runs = [(started if i == 0 and started else Measurement(selected, env)).counts() for i in range(repeats)]
     counts = {name: round(sum(r[name] for r in runs) / repeats) for name in runs[0]}
-    spread = max((max(r[n] for r in runs) - min(r[n] for r in runs)) / counts[n] for n in counts)
     now = {"environment": environment(), "threshold": THRESHOLD, "cases": counts}
-    notes = [f"{repeats} valgrind run(s) in {time.perf_counter() - start:.0f} s"
-             + (f"; run-to-run spread {spread:.4%} (largest over cases)" if repeats > 1 else "")]
+    notes = [f"{repeats} valgrind run(s), {time.perf_counter() - start:.0f} s waited for"]
+    if repeats > 1:
+        now["runs"] = runs
+        spread = {n: (max(r[n] for r in runs) - min(r[n] for r in runs)) / counts[n] for n in counts}
+        notes.append("run-to-run spread (max - min) / mean: "
+                     + ", ".join(f"{name} {value:.3%}" for name, value in spread.items()))
     result = LayerResult("instructions", "pass", notes=notes, compared=len(counts),
                          figures={f"{name}/instructions": float(count) for name, count in counts.items()})
     if baseline is None:
