@@ -155,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_history:
         figures = {name: value for r in results for name, value in r.figures.items()}
         history.append(args.history, verdict, {r.layer: r.status for r in results}, figures)
+    skipped = [r.layer for r in results if r.status == "skipped"]
     print(f"gate: {'REGRESSION in ' + ', '.join(failed) if failed else 'no regression'}"
-          + ("" if args.no_history else f"; appended to {args.history}"))
+          + (f" (SKIPPED, NOT PASSED: {', '.join(skipped)})" if skipped else "")
+          + ("" if args.no_history else f"; appended to {_shown(args.history)}"))
     return 1 if failed else 0
 
 
