@@ -30,21 +30,24 @@ AGG0_REUSE_PATTERN = r"self\.agg0_ready = True"
 AGG0_REUSE_DISABLED = "self.agg0_ready = False"
 
 # (c) the kernel the engine aggregates with (torch.sparse.mm: every conv step, forward and backward) made 20%
-# slower: every call multiplies 1.2x the dense operand's columns and drops the extra fifth (20% more arithmetic;
-# the per-call overhead, such as sorting a transposed block, unchanged). Patched in through a sitecustomize module,
-# so the engine code is untouched. GATE_TEST_EXTRA=0 keeps the wrapper but adds nothing: the control, showing that
-# the wrapper alone does not trip the gate. Measured here: every case moves, from +7.5% (gat-memory) to +19%
-# (gcn-budget); gcn-memory +11.4%, sage-budget +16.5%.
+# slower: every call also multiplies again the leading rows that hold a fifth of the nonzeros. Measured under
+# callgrind for gcn-memory: the kernel's own instructions +22.7% (a second, smaller launch), the epoch +8.7%;
+# gcn-budget +14%, sage +9-17%; GAT only +2-3% (aggregation is 4% of its epoch: not caught, and not asserted).
+# Patched in through a sitecustomize module, so the engine code is untouched. GATE_TEST_EXTRA=0 keeps the wrapper
+# but adds nothing: the control, showing that the wrapper alone does not trip the gate.
 SLOW_KERNEL_SITECUSTOMIZE = """
 import atexit, os, torch
 _mm, _calls, _extra = torch.sparse.mm, [0], float(os.environ["GATE_TEST_EXTRA"])
 def mm(sparse, dense, *args, **kwargs):
     _calls[0] += 1
-    if not _extra:
-        return _mm(sparse, dense, *args, **kwargs)
-    width = dense.shape[1]
-    wider = torch.cat([dense, dense[:, :max(1, round(width * _extra))]], dim=1)
-    return _mm(sparse, wider, *args, **kwargs)[:, :width].contiguous()
+    out = _mm(sparse, dense, *args, **kwargs)
+    if _extra:  # the wasted work: the leading rows holding a fifth of the nonzeros, multiplied again
+        crow = sparse.crow_indices()
+        rows = int(torch.searchsorted(crow, int(crow[-1]) * _extra))
+        nnz = int(crow[rows])
+        _mm(torch.sparse_csr_tensor(crow[:rows + 1], sparse.col_indices()[:nnz], sparse.values()[:nnz],
+                                    size=(rows, sparse.shape[1]), check_invariants=False), dense)
+    return out
 torch.sparse.mm = mm
 atexit.register(lambda: open(os.environ["GATE_TEST_MARKER"], "w").write(str(_calls[0])))
 """
@@ -100,10 +103,12 @@ def test_b_gate_fails_when_layer0_aggregate_reuse_is_disabled(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout + done.stderr
     moved = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("deterministic ")}
-    # in memory only the kernel calls show it (layer 0 aggregates again); under a budget the bytes too (h0's halo
-    # is read from the host instead of agg0's rows, and agg0 is written back)
-    assert "gcn-memory/kernel_calls_per_epoch/aten._sparse_addmm.default" in moved, moved
-    assert "gcn-budget/io_bytes_per_epoch/h2d" in moved and "sage-budget/io_bytes_per_epoch/d2h" in moved, moved
+    # in memory only the kernel calls show it (layer 0 aggregates again); under a budget the bytes too (gcn-budget
+    # keeps h0 on disk and agg0 on the host: h0's halo is read from disk instead of agg0's rows, agg0 written back)
+    for case in ("gcn-memory", "sage-memory", "gcn-budget"):
+        assert f"{case}/kernel_calls_per_epoch/aten._sparse_addmm.default" in moved, moved
+    for link in ("h2d", "d2h", "disk_read"):
+        assert f"gcn-budget/io_bytes_per_epoch/{link}" in moved, moved
     assert not any("epoch_losses" in figure for figure in moved), "reuse or not, training is exact"
 
 
@@ -132,15 +137,19 @@ def test_c_instruction_layer_catches_a_20pct_slower_kernel(tmp_path, extra):
 
 def test_op_counter_sees_the_prefetch_thread():
     """Dispatch modes are thread-local: without the per-thread hook, prefetched fetches would go uncounted and the
-    two counts below would differ (measured: 2340 vs 2540 calls for gcn-budget)."""
+    two counts below would differ (measured at average degree 5: 2340 vs 2540 calls for gcn-budget)."""
     case = cases.Case("gcn", "budget")
     counts = {}
     for prefetch in (True, False):
-        with cases.OpCounter() as counter:
-            counter.on = True
-            result = cases.run_case(case, 1, prefetch=prefetch)
+        counter = cases.OpCounter()
+
+        def count_second_epoch(epoch: int) -> None:
+            counter.on = epoch == 1
+
+        with counter, cases.epoch_ends(count_second_epoch):
+            result = cases.run_case(case, 2, prefetch=prefetch)
         counts[prefetch] = counter.counts
-    assert result.plan["placement"]["h0"] == "host", "the case must fetch off the device, or prefetch never runs"
+    assert result.plan["placement"]["h0"] != "device", "the case must fetch off the device, or prefetch never runs"
     assert counts[True] == counts[False] and sum(counts[True].values()) > 0
 
 

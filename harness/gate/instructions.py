@@ -29,7 +29,9 @@ import torch
 from harness.gate import cases
 from harness.gate.report import Finding, LayerResult
 
-THRESHOLD = 0.05  # run-to-run spread measured at <= 0.01% (results/LOG.md); a 20% slower kernel moves it >= 10%
+# Two runs agreed within 0.24% (results/LOG.md); a 20% slower aggregation kernel moves GCN and SAGE epochs by
+# 9-17% (tests/test_gate.py, test c), GAT epochs by 2-3% only (aggregation is 4% of a GAT epoch).
+THRESHOLD = 0.05
 TIMEOUT_S = 900
 HELPER_SOURCE = r"""
 #include <valgrind/callgrind.h>
