@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,7 @@ class RevTree:
     def __exit__(self, *exc) -> None:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(self.path)], capture_output=True)
         subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True)
+        shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 def measure(arms: dict[str, tuple[Worker, str]], budget_s: float) -> tuple[dict, list[str]]:
