@@ -10,8 +10,10 @@ Local index space of a rank: owned vertices first (``0 .. n_own-1``, ascending g
 owner rank and sorted by global id within each owner, which is exactly the order ``all_to_all_single`` delivers them.
 The sender computes the same order from the same global edge list, so no index lists travel at run time.
 
-Each layer exchanges at the narrower of its input and output widths: GCN and SAGE transform first
-(``A (H W^T) = (A H) W^T``) when that shrinks the rows; GAT always transforms first (attention needs ``H W^T``).
+Each layer exchanges at the narrower of its input and output widths: linear-family models transform first
+(``A (H W^T) = (A H) W^T``) when that shrinks the rows; attention models always transform first (attention needs
+``H W^T``). The layers are the models' own (``flexgnn_core.models``: the aggregation CSR and the post part) over
+the kernels the FlexGNN engine uses (``flexgnn_core.kernels``), differentiated by autograd.
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
-from flexgnn_core.norm import add_self_loops_csr, gcn_norm_csr, mean_norm_csr
-from flexgnn_core.spec import Graph
+from flexgnn_core import dropout, kernels, models
+from flexgnn_core.spec import Graph, ModelSpec
 
 PARTITIONS = ("metis", "contiguous")
 
@@ -58,14 +59,8 @@ def partition_vertices(graph: Graph, world_size: int, method: str, seed: int = 0
 
 
 def aggregation_csr(graph: Graph, kind: str) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The global CSR each model aggregates over: GCN with self-loops and symmetric weights (global degrees), SAGE
-    with mean weights, GAT with self-loops (weights come from attention)."""
-    if kind == "gcn":
-        return gcn_norm_csr(graph.rowptr, graph.col)
-    if kind == "sage":
-        return graph.rowptr, graph.col, mean_norm_csr(graph.rowptr, graph.col)
-    rowptr, col = add_self_loops_csr(graph.rowptr, graph.col)
-    return rowptr, col, None
+    """The global CSR the model aggregates over (its own self-loops and weights, with global degrees)."""
+    return models.get(kind).aggregation(graph.rowptr, graph.col)
 
 
 @dataclass
@@ -211,41 +206,32 @@ def with_halo(h: Tensor, shard: Shard, counters: CommCounters) -> Tensor:
     return torch.cat([h, HaloExchange.apply(h, shard, counters)])
 
 
-class SpMM(torch.autograd.Function):
-    """``A @ X`` with a constant sparse CSR ``A``; backward ``A^T @ dY`` with a precomputed transpose."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, a: Tensor, a_t: Tensor) -> Tensor:
-        ctx.a_t = a_t
-        return torch.sparse.mm(a, x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return torch.sparse.mm(ctx.a_t, grad.contiguous()), None, None
-
-
-def _csr(rowptr: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used here are stable
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(rowptr, col, values, shape, check_invariants=False)
-
-
 @dataclass
 class LocalGraph:
-    """The shard's edges on the training device: CSR over owned destinations ``[n_own, n_own + n_halo]`` and its
-    transpose (edge ``perm_t[k]`` of the CSR is entry ``k`` of the transpose), plus the edge endpoints."""
+    """The shard's edges on the training device as a ``kernels.Block``: destinations are the owned rows, columns
+    the local rows ``[0, n_own + n_halo)`` (owned first, so a destination's own column is its row: ``self_pos``),
+    with the transpose and the model's constant edge weights (None for attention)."""
 
-    rowptr: Tensor
-    col: Tensor
-    rowptr_t: Tensor
-    col_t: Tensor
-    perm_t: Tensor
-    src: Tensor
-    dst: Tensor
+    crow: Tensor
+    src_local: Tensor
+    dst_local: Tensor
+    t_crow: Tensor
+    t_col: Tensor
+    t_perm: Tensor
+    self_pos: Tensor
     num_owned: int
     num_all: int
-    a: Tensor | None = None  # constant weights (GCN, SAGE) as sparse CSR, and the transpose
-    a_t: Tensor | None = None
+    values: Tensor | None = None
+    src_global: Tensor | None = None  # [E] global id of each edge's source (attention dropout's edge identity)
+    dst_global: Tensor | None = None  # [E] global id of each edge's destination
+
+    @property
+    def rows(self) -> int:
+        return self.num_owned
+
+    @property
+    def width(self) -> int:
+        return self.num_all
 
     @classmethod
     def build(cls, shard: Shard, device: torch.device) -> "LocalGraph":
@@ -254,103 +240,75 @@ class LocalGraph:
         perm_t = torch.argsort(shard.col * max(n_own, 1) + dst)
         rowptr_t = torch.zeros(n_all + 1, dtype=torch.int64)
         torch.cumsum(torch.bincount(shard.col, minlength=n_all), 0, out=rowptr_t[1:])
-        graph = cls(rowptr=shard.rowptr, col=shard.col, rowptr_t=rowptr_t, col_t=dst[perm_t], perm_t=perm_t,
-                    src=shard.col, dst=dst, num_owned=n_own, num_all=n_all)
-        graph = cls(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in vars(graph).items()})
-        if shard.weight is not None:
-            weight = shard.weight.to(device)
-            graph.a, graph.a_t = graph.sparse(weight), graph.sparse_t(weight)
-        return graph
-
-    def sparse(self, values: Tensor) -> Tensor:
-        return _csr(self.rowptr, self.col, values, (self.num_owned, self.num_all))
-
-    def sparse_t(self, values: Tensor) -> Tensor:
-        return _csr(self.rowptr_t, self.col_t, values[self.perm_t], (self.num_all, self.num_owned))
+        local_to_global = torch.cat([shard.owned, shard.halo])
+        graph = cls(crow=shard.rowptr, src_local=shard.col, dst_local=dst, t_crow=rowptr_t, t_col=dst[perm_t],
+                    t_perm=perm_t, self_pos=torch.arange(n_own), num_owned=n_own, num_all=n_all,
+                    values=shard.weight, src_global=local_to_global[shard.col], dst_global=shard.owned[dst])
+        return cls(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in vars(graph).items()})
 
     def aggregate(self, h_all: Tensor) -> Tensor:
-        return SpMM.apply(h_all, self.a, self.a_t)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return kernels.BlockSpMM.apply(h_all, self, self.values)
+
+    def attention(self, t_all: Tensor, att_src: Tensor, att_dst: Tensor, drop: Tensor | None = None) -> Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return kernels.GatAttention.apply(t_all, att_src, att_dst, self, drop)
 
 
-class AttentionSpMM(torch.autograd.Function):
-    """``out[:, h] = A(alpha[:, h]) @ x[:, h]`` per head as sparse products, without the ``[E, heads, C]`` messages
-    that a gather-scatter (PyG's ``GATConv``) keeps for backward. Backward: ``dx[:, h] = A(alpha[:, h])^T @ dout[:, h]``
-    and ``dalpha[e, h] = <dout[dst_e, h], x[src_e, h]>`` as a sampled dense product (SDDMM), one head at a time."""
+@dataclass(frozen=True)
+class DropKey:
+    """What keys one training pass's dropout masks (``flexgnn_core.dropout``): the seed and the epoch."""
 
-    @staticmethod
-    def forward(ctx, alpha: Tensor, x_all: Tensor, graph: LocalGraph) -> Tensor:
-        ctx.save_for_backward(alpha, x_all)
-        ctx.graph = graph
-        heads = alpha.shape[1]
-        return torch.stack([torch.sparse.mm(graph.sparse(alpha[:, h].contiguous()), x_all[:, h].contiguous())
-                            for h in range(heads)], dim=1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        alpha, x_all = ctx.saved_tensors
-        graph, heads = ctx.graph, alpha.shape[1]
-        grad_x = grad_alpha = None
-        if ctx.needs_input_grad[1]:
-            grad_x = torch.stack([torch.sparse.mm(graph.sparse_t(alpha[:, h].contiguous()), grad[:, h].contiguous())
-                                  for h in range(heads)], dim=1)
-        if ctx.needs_input_grad[0]:
-            pattern = graph.sparse(alpha[:, 0].contiguous())  # SDDMM: (dout @ x^T) sampled at the edges
-            grad_alpha = torch.stack([torch.sparse.sampled_addmm(pattern, grad[:, h].contiguous(),
-                                                                 x_all[:, h].t(), beta=0.0).values()
-                                      for h in range(heads)], dim=1)
-        return grad_alpha, grad_x, None
+    seed: int
+    epoch: int
 
 
-def gat_attention(z_all: Tensor, att_src: Tensor, att_dst: Tensor, graph: LocalGraph) -> Tensor:
-    """PyG ``GATConv`` message passing over the local edges (self-loops included): ``[n_own, heads, C]``."""
-    heads, channels = att_src.shape[1], att_src.shape[2]
-    x_all = z_all.view(-1, heads, channels)
-    a_src = (x_all * att_src).sum(-1)
-    a_dst = (x_all[: graph.num_owned] * att_dst).sum(-1)
-    e = F.leaky_relu(a_src[graph.src] + a_dst[graph.dst], 0.2)
-    index = graph.dst.unsqueeze(-1).expand_as(e)
-    e_max = torch.full((graph.num_owned, heads), float("-inf"), device=e.device)
-    e_max = e_max.scatter_reduce(0, index, e.detach(), reduce="amax", include_self=True)
-    e = (e - e_max[graph.dst]).exp()
-    denom = torch.zeros(graph.num_owned, heads, device=e.device).index_add_(0, graph.dst, e)
-    alpha = e / (denom[graph.dst] + 1e-16)  # PyG's softmax epsilon
-    return AttentionSpMM.apply(alpha, x_all, graph)
+def forward(spec: ModelSpec, params: dict[str, Tensor], x: Tensor, graph: LocalGraph, shard: Shard,
+            counters: CommCounters, drop: DropKey | None = None, cache: dict[str, Tensor] | None = None) -> Tensor:
+    """Logits of the owned rows ``[n_own, num_classes]``, exactly the model of ``flexgnn_core.models``.
 
-
-def forward(kind: str, params: dict[str, Tensor], num_layers: int, x: Tensor, graph: LocalGraph, shard: Shard,
-            counters: CommCounters, dropout: float = 0.0, training: bool = False,
-            cache: dict[str, Tensor] | None = None) -> Tensor:
-    """Logits of the owned rows ``[n_own, num_classes]``, exactly the model of ``flexgnn_core.spec``.
-
-    ``cache`` (a dict kept across epochs) holds layer 0's aggregation ``A X`` when that layer aggregates first: the
-    input features never change, so their halo exchange and SpMM happen once per job (NeutronStar's dependency
-    caching for the input layer; FlexGNN reuses ``A_hat X`` the same way). Pass ``None`` to recompute every epoch.
+    ``drop`` (training passes) keys the dropout masks, made for the owned rows and local edges by their global ids
+    and applied before the halo exchange, so a rank's halo rows arrive dropped exactly as their owner dropped them
+    (None: evaluation, nothing dropped). ``cache`` (a dict kept across epochs) holds layer 0's aggregation ``A X``
+    when that layer aggregates first: the input features never change, so their halo exchange and SpMM happen once
+    per job (NeutronStar's dependency caching for the input layer; FlexGNN reuses ``A_hat X`` the same way). Pass
+    ``None`` to recompute every epoch (required with input dropout: the dropped features change every epoch).
     """
+    model = models.get(spec.kind)
+    rates = [spec.input_rate] + [spec.dropout] * (spec.num_layers - 1)
+    if cache is not None and drop is not None and rates[0] > 0:
+        raise ValueError("the input aggregation cache is exact only without input dropout; pass cache=None")
+    owned = shard.owned.to(x.device)
     h = x
-    for i in range(num_layers):
-        p = f"convs.{i}."
-        if kind == "gat":
-            z_all = with_halo(h @ params[p + "lin.weight"].t(), shard, counters)
-            out = gat_attention(z_all, params[p + "att_src"], params[p + "att_dst"], graph)
-            last = i == num_layers - 1
-            h = (out.mean(dim=1) if last else out.flatten(1)) + params[p + "bias"]
+    for i in range(spec.num_layers):
+        p, last = models.layer_view(params, i), i == spec.num_layers - 1
+        if drop is not None:
+            h = dropout.nodes(h, owned, rates[i], drop.seed, drop.epoch, i)
+        weight = p[model.first_weight]
+        h_self = h if model.self_rows else None
+        if model.family == "attention":
+            t_all = with_halo(h @ weight.t(), shard, counters)
+            heads = p["att_src"].shape[1]
+            factor = None
+            if drop is not None and spec.attention_rate > 0:
+                keep = dropout.edge_keep(drop.seed, drop.epoch, i, graph.src_global, graph.dst_global, heads,
+                                         spec.attention_rate)
+                factor = keep.to(t_all.dtype) * dropout.scale_of(spec.attention_rate)
+            out = graph.attention(t_all.view(t_all.shape[0], heads, -1), p["att_src"], p["att_dst"], factor)
+            h = model.post(p, out, None, True, last)
+        elif weight.shape[0] < weight.shape[1]:  # transform first: fewer columns to exchange and aggregate
+            h = model.post(p, graph.aggregate(with_halo(h @ weight.t(), shard, counters)), h_self, True, last)
         else:
-            weight = params[p + ("lin.weight" if kind == "gcn" else "lin_l.weight")]
-            if weight.shape[0] < weight.shape[1]:  # transform first: fewer columns to exchange and aggregate
-                agg = graph.aggregate(with_halo(h @ weight.t(), shard, counters))
-            elif i == 0 and cache is not None:
+            if i == 0 and cache is not None:
                 if "input_aggregate" not in cache:
                     with torch.no_grad():
                         cache["input_aggregate"] = graph.aggregate(with_halo(h, shard, counters))
-                agg = cache["input_aggregate"] @ weight.t()
+                agg = cache["input_aggregate"]
             else:
-                agg = graph.aggregate(with_halo(h, shard, counters)) @ weight.t()
-            if kind == "gcn":
-                h = agg + params[p + "bias"]
-            else:
-                h = agg + params[p + "lin_l.bias"] + h @ params[p + "lin_r.weight"].t()
-        if i < num_layers - 1:
-            h = F.elu(h) if kind == "gat" else F.relu(h)
-            if dropout > 0:
-                h = F.dropout(h, dropout, training=training)
+                agg = graph.aggregate(with_halo(h, shard, counters))
+            h = model.post(p, agg, h_self, False, last)
+        if not last:
+            h = kernels.activate(model.activation, h)
     return h

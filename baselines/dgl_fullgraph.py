@@ -1,26 +1,32 @@
 """DGL full-graph baseline (``system=dgl``): DGL's GraphConv / SAGEConv / GATConv on the whole graph, one device.
 
-    bash scripts/make_dgl_env.sh                 # once: the pinned DGL environment (about 2.5 min, 5.3 GB)
-    python -m harness system=dgl model=gcn
+    python -m harness system=dgl model=gcn       # makes the pinned DGL environment on first use (a few min, 5.3 GB)
+    bash scripts/make_dgl_env.sh                 # or make it beforehand
 
-DGL lives in its own environment: DGL 2.1.0 is the newest wheel pip can install here and its C++ libraries exist
+DGL lives in its own environment: DGL 2.1.0 is the newest Linux wheel pip can install here and its C++ libraries exist
 only for torch 2.0.0 to 2.2.1, so ``import dgl`` fails on the main environment's torch. This module (main
 environment, never imports DGL) writes the graph in our on-disk format, the shared initial parameters and a job spec
-to a directory, runs ``baselines/dgl_worker.py`` with the pinned environment's python, and turns the worker's JSON
-record and final parameters into a ``RunResult``. Timing, peak memory and accuracy are measured inside the worker,
-in the shared timed loop, so they cover DGL's training only; MLflow logging stays in the harness.
+to a directory, runs ``baselines/dgl_worker.py`` with the pinned environment's python (``baselines/dgl_env.py``
+finds it, or creates it on first use), and turns the worker's JSON record and final parameters into a
+``RunResult``. Timing, peak memory and accuracy are measured inside the worker, in the shared timed loop, so they
+cover DGL's training only; MLflow logging stays in the harness. On an OGB graph the worker (whose environment has no
+``ogb``) scores with plain accuracy, OGB's formula; its last and best-validation predictions are then scored again
+here with OGB's ``Evaluator`` (``flexgnn_core.evaluate``), which the record's ``accuracy``, ``best_val`` and
+``evaluator`` report.
 
 Options (``conf/system/dgl.yaml``): ``env_dir`` (default ``$FLEXGNN_DGL_ENV`` or
-``~/.cache/flexgnn-bench/dgl-env``), ``graph_dir`` (an on-disk copy of the same graph to reuse instead of writing
-one), ``timeout_s`` (worker wall-clock limit, null for none); the harness's ``disk_dir`` holds the job directory.
+``~/.cache/flexgnn-bench/dgl-env``), ``auto_install`` (create a missing environment; null =
+``$FLEXGNN_DGL_AUTO_INSTALL``, default on), ``graph_dir`` (an on-disk copy of the same graph to reuse instead of
+writing one), ``timeout_s`` (worker wall-clock limit, null for none); the harness's ``disk_dir`` holds the job
+directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -31,24 +37,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from baselines import dgl_env
+from baselines.dgl_env import REPO_ROOT, DGLEnvironmentMissing
 from flexgnn_core.data.storage import read_meta, save_graph
-from flexgnn_core.spec import Graph, ModelSpec, RunResult, SystemUnavailable, TrainSpec
+from flexgnn_core.evaluate import Evaluation
+from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ENV_DIR = Path.home() / ".cache" / "flexgnn-bench" / "dgl-env"
-ENV_MARKER = ".flexgnn-dgl-env-ok"  # written by scripts/make_dgl_env.sh after its import check passes
+__all__ = ["DGLEnvironmentMissing", "parse_options", "preflight", "train"]
+
 _STDERR_TAIL_CHARS = 4000
-DEFAULT_OPTIONS: dict[str, Any] = {"env_dir": None, "graph_dir": None, "timeout_s": None}
-# Keys the harness adds for every system. A whole-graph baseline has no budgets to honour; ``disk_dir`` (null = the
-# system's choice) is where the job directory goes, so a large graph's copy lands on the disk the user chose.
-HARNESS_KEYS = ("device_budget_bytes", "host_budget_bytes", "disk_dir")
+DEFAULT_OPTIONS: dict[str, Any] = {"env_dir": None, "auto_install": None, "graph_dir": None, "timeout_s": None}
+# The hardware-group keys this system takes (harness/systems.py). A whole-graph baseline has no budgets to honour;
+# ``disk_dir`` (null = the system's choice) is where the job directory goes, so a large graph's copy lands on the
+# disk the user chose.
+HARDWARE_KEYS = ("disk_dir",)
 
 
 def parse_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Merge ``options`` over the defaults; unknown keys raise ``ValueError`` naming the valid ones."""
     options = dict(options or {})
     disk_dir = options.get("disk_dir")
-    options = {key: value for key, value in options.items() if key not in HARNESS_KEYS}
+    options = {key: value for key, value in options.items() if key not in HARDWARE_KEYS}
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise ValueError(f"system 'dgl': unknown option(s) {unknown}; valid options: "
@@ -58,39 +67,23 @@ def parse_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
                                   or timeout_s <= 0):
         raise ValueError(f"system 'dgl': option timeout_s={timeout_s!r} must be a positive number of seconds or null")
+    if merged["auto_install"] is not None and not isinstance(merged["auto_install"], bool):
+        raise ValueError(f"system 'dgl': option auto_install={merged['auto_install']!r} must be true, false or null "
+                         f"(null = ${dgl_env.AUTO_INSTALL_VAR}, default true)")
     return merged
 
 
-class DGLEnvironmentMissing(SystemUnavailable):
-    """The pinned DGL environment is absent or incomplete; the message holds the command that creates it."""
-
-
-def env_dir(options: Mapping[str, Any]) -> Path:
-    chosen = options.get("env_dir") or os.environ.get("FLEXGNN_DGL_ENV") or DEFAULT_ENV_DIR
-    return Path(chosen).expanduser()
-
-
-def create_command(env: Path) -> str:
-    """The one command that creates the environment at ``env`` (run from the repository root)."""
-    from_env_var = Path(os.environ.get("FLEXGNN_DGL_ENV") or DEFAULT_ENV_DIR).expanduser()
-    if env == DEFAULT_ENV_DIR and from_env_var == DEFAULT_ENV_DIR:
-        return "bash scripts/make_dgl_env.sh"
-    return f"FLEXGNN_DGL_ENV={shlex.quote(str(env))} bash scripts/make_dgl_env.sh"
-
-
-def env_python(env: Path) -> Path:
-    """The environment's python, or ``DGLEnvironmentMissing`` naming the creation command."""
-    python = env / "bin" / "python"
-    if not (env / ENV_MARKER).is_file() or not python.exists():
-        raise DGLEnvironmentMissing(
-            f"system=dgl runs in a pinned DGL environment (dgl 2.1.0 needs torch<=2.2.1), which is missing or "
-            f"incomplete at {env} (no {ENV_MARKER}). Create it with (from {REPO_ROOT}): {create_command(env)}")
-    return python
+def env_python(options: Mapping[str, Any]) -> Path:
+    """The pinned environment's python for parsed ``options``, made first when missing and auto-install is on;
+    ``DGLEnvironmentMissing`` (a ``SystemUnavailable``: a sweep skips the job) names the command otherwise."""
+    return dgl_env.ensure_python(dgl_env.env_dir(options["env_dir"]),
+                                 auto_install=dgl_env.auto_install_enabled(options["auto_install"]))
 
 
 def preflight(options: Mapping[str, Any]) -> None:
-    """Check the options and the environment before any data is loaded (the harness may call it to fail fast)."""
-    env_python(env_dir(parse_options(options)))
+    """Check the options and make sure the environment exists before any data is loaded (the harness calls it, so
+    an unavailable DGL fails, or is skipped in a sweep, at once)."""
+    env_python(parse_options(options))
 
 
 def _check_graph_dir(graph_dir: str, graph: Graph) -> None:
@@ -123,7 +116,7 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
     options = parse_options(options)
     if options["graph_dir"]:
         _check_graph_dir(options["graph_dir"], graph)
-    python = env_python(env_dir(options))
+    python = env_python(options)
     timings_s: dict[str, float] = {}
     if options["disk_dir"]:
         Path(options["disk_dir"]).mkdir(parents=True, exist_ok=True)
@@ -144,9 +137,27 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
         timings_s["worker_total"] = time.perf_counter() - start  # interpreter start, imports, load, train, eval
 
         record = json.loads((job_dir / "result.json").read_text())
-        with np.load(job_dir / "final_params.npz") as stored:
-            final_params = {name: torch.from_numpy(stored[name].copy()) for name in stored.files}
+        final_params = _load_params(job_dir / "final_params.npz")
+        best_params = _load_params(job_dir / "best_params.npz")
+        preds = {which: torch.from_numpy(np.load(job_dir / f"pred_{which}.npy")) for which in ("final", "best_val")
+                 if (job_dir / f"pred_{which}.npy").is_file()}
+    evaluation = Evaluation.of(graph)
+    if evaluation.ogb is not None:  # the worker had no ogb: OGB's Evaluator scores its predictions here
+        record["accuracy"] = evaluation(preds["final"])
+        if record["best_val"] is not None:
+            record["best_val"] = {"epoch": record["best_val"]["epoch"], **evaluation(preds["best_val"])}
+        record["extra"]["worker_evaluator"] = record["evaluator"]
+        record["evaluator"] = evaluation.name
     record.pop("median_epoch_s")  # derived by RunResult
     record["timings_s"].update(timings_s)
     record["extra"]["env_dir"] = str(python.parent.parent)
-    return RunResult(**record, final_params=final_params)
+    if record["extra"].get("device_fallback"):
+        print(f"warning: system=dgl: {record['extra']['device_fallback']}", file=sys.stderr, flush=True)
+    return RunResult(**record, final_params=final_params, best_params=best_params, predictions=preds)
+
+
+def _load_params(path: Path) -> dict[str, Tensor] | None:
+    if not path.is_file():
+        return None
+    with np.load(path) as stored:
+        return {name: torch.from_numpy(stored[name].copy()) for name in stored.files}

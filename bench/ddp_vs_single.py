@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` puts only bench/ on sys.path
 from bench import common  # noqa: E402
+from flexgnn_core import models  # noqa: E402
 
 SYSTEMS = ("ddp", "pyg", "flexgnn")
 
@@ -37,7 +38,7 @@ SYSTEMS = ("ddp", "pyg", "flexgnn")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_graph_model_args(parser, epochs=5)
-    parser.add_argument("--model", default="gcn", choices=["gcn", "sage", "gat"])
+    parser.add_argument("--model", default="gcn", choices=list(models.names()))
     parser.add_argument("--world-size", type=common.positive_int, default=2, help="DDP ranks")
     parser.add_argument("--partition", default="metis", choices=["metis", "contiguous"])
     parser.add_argument("--systems", default=",".join(SYSTEMS))

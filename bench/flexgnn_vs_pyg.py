@@ -51,8 +51,10 @@ def run_training(args, job: dict) -> dict:
     import torch
 
     from baselines import pyg_fullgraph
-    from flexgnn_core import engine
-    from flexgnn_core.tiers import TierStore
+    from flexgnn_core import system
+    from flexgnn_core.engine import prepare
+    from flexgnn_core.plan import Budgets
+    from flexgnn_core.plan.solvers import NEEDS_HARDWARE, solve
 
     graph, model, params, train = common.setup_run(args, job["model"], device="auto")
     options = dict(job.get("options", {}))
@@ -60,15 +62,15 @@ def run_training(args, job: dict) -> dict:
         result = pyg_fullgraph.train(graph, model, params, train, {"path": "csr"})
     else:
         if "chunk_candidates" in job:  # smallest P whose plan fits the budget
-            opts = {**engine.DEFAULTS, **options}
+            policy = options["policy"]
+            hw = system.hardware_for(None, torch.device("cpu")) if policy in NEEDS_HARDWARE else None
+            budgets = Budgets(options.get("device_budget_bytes"), options.get("host_budget_bytes"))
             for num_chunks in job["chunk_candidates"]:
-                opts["num_chunks"] = num_chunks
-                with TierStore(torch.device("cpu")) as store:
-                    plan = engine.Engine(graph, model, params, torch.device("cpu"), store, opts).plan
-                if plan.feasible:
+                prepared = prepare(graph, model, params, num_chunks, options.get("reorder", "none"), budgets=budgets)
+                if solve(prepared.problem, policy, hw).feasible:
                     break
-            options["num_chunks"] = opts["num_chunks"]
-        result = engine.train(graph, model, params, train, {**options, "print_plan": True})
+            options["num_chunks"] = num_chunks
+        result = system.train(graph, model, params, train, {**options, "print_plan": True})
     return {"model": job["model"], "system": job["system"], "label": job["label"], "options": options,
             "median_epoch_s": result.median_epoch_s, "epoch_times_s": result.epoch_times_s,
             "epoch_losses": result.epoch_losses, "tier_peak_bytes": result.tier_peak_bytes,
@@ -91,7 +93,8 @@ def run_aggregation(args) -> dict:
     """SpMM throughput vs memory-copy bandwidth (whole graph and in chunks, GCN normalisation)."""
     import torch
 
-    from flexgnn_core.chunks import build_chunks
+    from flexgnn_core.engine.chunks import build_chunks
+    from flexgnn_core.kernels import csr
     from flexgnn_core.norm import gcn_norm_csr
 
     graph = common.make_graph(args)
@@ -104,7 +107,8 @@ def run_aggregation(args) -> dict:
     adj = torch.sparse_csr_tensor(rowptr, col, values, (n, n), check_invariants=False)
     whole_s = _median_time(lambda: torch.sparse.mm(adj, x))
     chunks = build_chunks(rowptr, col, values, 8, self_loops=False)
-    chunked_s = _median_time(lambda: [torch.sparse.mm(c.matrix(c.values, n), x) for c in chunks])
+    chunked_s = _median_time(lambda: [torch.sparse.mm(csr(c, c.values, cols=c.src_global, width=n), x)
+                                      for c in chunks])
     traffic = e * (8 + 4) + (n + 1) * 8 + 2 * n * f * 4  # CSR (int64 col, fp32 value) + read X + write Y
     return {"label": "aggregation", "copy_bandwidth_Bps": bandwidth, "spmm_whole_s": whole_s,
             "spmm_chunked8_s": chunked_s, "min_traffic_bytes": traffic,

@@ -1,7 +1,7 @@
 """How good are the planner's choices? Every solver's plan run for real, against the cost model's prediction.
 
 What it measures: over a grid of models x graph densities x device budgets (everything fits .. 1/16 of the
-all-on-device peak), each solver's plan is trained with ``flexgnn_core.engine.train`` (same graph, same initial
+all-on-device peak), each solver's plan is executed by the engine (``flexgnn_core.engine.execute``; same graph, same initial
 weights, warm-up excluded, median epoch). Per case: measured epoch time of each solver; the ``optimal`` plan's
 regret against the best measured at the same P (goal: median <= 1.10, worst <= 1.30); the prediction error
 |predicted - measured| / measured of every plan (goal: median <= 25%); the speedup of ``optimal`` over
@@ -27,13 +27,15 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
-from flexgnn_core import calibrate, cost, engine, plan, solvers
-from flexgnn_core.chunks import relabel_csr, reorder
+from flexgnn_core import calibrate
 from flexgnn_core.data.synthetic import make_synthetic
+from flexgnn_core.engine import execute, prepare, rechunk
 from flexgnn_core.models import init_params
+from flexgnn_core.plan import Budgets, chunking, cost, simulate, solvers
 from flexgnn_core.spec import ModelSpec, TrainSpec
 
 SOLVER_NAMES = ("all_device", "all_host", "recompute", "flexgnn_greedy", "hongtu_like", "optimal", "optimal_p")
@@ -59,31 +61,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_problem(graph, model: ModelSpec, params, stats, count: int, budget: int | None) -> plan.Problem:
-    """The engine's Problem (reorder none), with chunk statistics computed once per graph for every P."""
-    return plan.Problem(kind=model.kind, dims=tuple(model.dims(graph.num_features, graph.num_classes)),
-                        heads=model.heads, num_nodes=graph.num_nodes, num_edges=stats["num_edges"],
-                        num_chunks=count, **stats[count], param_bytes=sum(p.numel() * 4 for p in params.values()),
-                        device_budget_bytes=budget)
-
-
-def run_case(graph, model, params, stats, args, fraction, everything, hw) -> dict:
+def run_case(prepared, stats, args, fraction, everything, hw) -> dict:
+    """Every solver at ``args.num_chunks`` (``optimal_p`` over P with exact statistics) under one budget."""
     budget = None if fraction >= 1 else int(everything * fraction)
-    base = make_problem(graph, model, params, stats, args.num_chunks, budget)
+    at = {args.num_chunks: prepared}  # prepared graphs by P, cut once each
+    base = replace(at[args.num_chunks].problem, device_budget_bytes=budget)
     per_p = {count: stats[count] for count in CHUNK_COUNTS if count in stats}
     choice = solvers.make_optimal(hw, per_p)(base)
-    case = {"model": model.kind, "avg_degree": graph.num_edges / graph.num_nodes, "budget_fraction": fraction,
+    if choice.num_chunks not in at:
+        at[choice.num_chunks] = rechunk(prepared, choice.num_chunks)
+    model = prepared.spec
+    case = {"model": model.kind, "avg_degree": base.num_edges / base.num_nodes, "budget_fraction": fraction,
             "device_budget_bytes": budget, "solvers": {}}
-    chosen_plans = {}
+    chosen_plans, problems = {}, {}
     for name in SOLVER_NAMES:
         count = choice.num_chunks if name == "optimal_p" else args.num_chunks
-        problem = make_problem(graph, model, params, stats, count, budget)
-        chosen = solvers.make_optimal(hw)(problem) if name.startswith("optimal") else solvers.SOLVERS[name](problem)
+        problem = replace(at[count].problem, device_budget_bytes=budget)
+        chosen = solvers.solve(problem, "optimal" if name == "optimal_p" else name, hw)
         entry = {"num_chunks": count, "feasible": chosen.feasible, "predicted_s": None, "measured_s": None}
         case["solvers"][name] = entry
         if chosen.feasible:
             entry["predicted_s"] = cost.predict(chosen, problem, hw).epoch_s
-            chosen_plans[name] = chosen
+            chosen_plans[name], problems[name] = chosen, problem
     # Identical plans are one run (they would differ only by noise); each distinct plan runs ``repeats`` times,
     # interleaved with the others, and keeps its fastest median: the least disturbed by other work on the machine.
     distinct = {}
@@ -91,15 +90,12 @@ def run_case(graph, model, params, stats, args, fraction, everything, hw) -> dic
         key = json.dumps({**chosen.to_json(), "policy": ""}, sort_keys=True)
         distinct.setdefault(key, []).append(name)
     times = {key: [] for key in distinct}
+    spec = TrainSpec(epochs=args.epochs, warmup_epochs=1, seed=0, device=args.device, progress=False)
     for _ in range(args.repeats):
         for key, names in distinct.items():
             chosen = chosen_plans[names[0]]
-            options = {"policy": "optimal" if names[0].startswith("optimal") else names[0],
-                       "num_chunks": chosen.num_chunks, "device_budget_bytes": budget, "print_plan": False}
-            result = engine.train(graph, model, params, TrainSpec(epochs=args.epochs, warmup_epochs=1, seed=0,
-                                                                  device=args.device, progress=False), options)
-            if result.plan["placement"] != chosen.to_json()["placement"]:
-                raise RuntimeError(f"{names[0]}: the engine ran a different plan than predicted (Problem mismatch)")
+            ready = replace(at[chosen.num_chunks], problem=problems[names[0]])
+            result = execute(ready, chosen, args.params[model.kind], spec)  # the plan as planned: no re-solve
             times[key].append(statistics.median(result.epoch_times_s[result.warmup_epochs:]))
     for key, names in distinct.items():
         for name in names:
@@ -123,24 +119,22 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     hw = calibrate.load_or_measure(args.device)
-    plan.SOLVERS.update({k: v for k, v in solvers.SOLVERS.items() if k not in plan.SOLVERS})  # engine finds them
-    solvers.use_hardware(hw)
     print(f"hardware: {json.dumps(hw.to_json())}", file=sys.stderr)
     cases = []
+    args.params = {}
     for degree in args.degrees:
         graph = make_synthetic(num_nodes=args.nodes, avg_degree=degree, num_features=args.features, seed=0)
         for kind in args.models:
             model = ModelSpec(kind=kind, num_layers=args.layers, hidden=args.hidden, heads=2)
-            params = init_params(model, graph.num_features, graph.num_classes, seed=0)
-            rowptr, col = relabel_csr(graph.rowptr, graph.col, reorder(graph.rowptr, graph.col, "none", 1))
-            rowptr, col, _ = engine.model_graph(rowptr, col, kind)
-            stats = solvers.chunk_stats(rowptr, col, kind, set(CHUNK_COUNTS) | {args.num_chunks})
-            stats["num_edges"] = int(col.numel())
-            unlimited = make_problem(graph, model, params, stats, args.num_chunks, None)
-            everything = plan.simulate(solvers.SOLVERS["all_device"](unlimited), unlimited)["peak_bytes"]["device"]
+            params = args.params[kind] = init_params(model, graph.num_features, graph.num_classes, seed=0)
+            prepared = prepare(graph, model, params, args.num_chunks, budgets=Budgets())
+            stats = chunking.chunk_stats(prepared.rowptr, prepared.col, prepared.problem.attention,
+                                         set(CHUNK_COUNTS) | {args.num_chunks})
+            unlimited = prepared.problem
+            everything = simulate(solvers.solve(unlimited, "all_device"), unlimited)["peak_bytes"]["device"]
             for fraction in args.fractions:
                 start = time.perf_counter()
-                case = run_case(graph, model, params, stats, args, fraction, everything, hw)
+                case = run_case(prepared, stats, args, fraction, everything, hw)
                 row = {n: (None if e["measured_s"] is None else round(e["measured_s"], 3))
                        for n, e in case["solvers"].items()}
                 print(f"{kind} deg={degree:g} budget={fraction:g}: measured {row} "
@@ -153,6 +147,7 @@ def main(argv=None) -> dict:
     opt_errors = [c["solvers"]["optimal"]["error"] for c in cases if c["solvers"]["optimal"].get("error") is not None]
     speedups = [c["speedup_vs_greedy"] for c in cases if "speedup_vs_greedy" in c]
     median = lambda values: statistics.median(values) if values else None  # noqa: E731
+    del args.params
     summary = {"bench": "planner_quality", "args": vars(args), "hardware": hw.to_json(), "cases": cases,
                "regret_median": median(regrets), "regret_max": max(regrets, default=None),
                "optimal_p_regret_median": median(regrets_p), "optimal_p_regret_max": max(regrets_p, default=None),

@@ -11,15 +11,19 @@ harness agree by construction:
 
 Model semantics (all systems, fp32; ``A`` = cleaned graph: no self-loops, no duplicate edges):
 
-- GCN layer: ``H' = D^-1/2 (A + I) D^-1/2 H W^T + b`` with ``D`` the in-degree counted with the self-loop
-  (PyG ``GCNConv``, ``gcn_norm``). Edge ``u -> v`` weighs ``deg(u)^-1/2 deg(v)^-1/2``.
-- SAGE layer: ``H'_v = mean_{u in N_in(v)} H_u W_l^T + b_l + H_v W_r^T`` (PyG ``SAGEConv``, mean, root weight);
-  a vertex without in-edges aggregates zeros.
-- GAT layer: PyG ``GATConv`` with one self-loop per vertex, LeakyReLU slope 0.2, ``heads`` heads; hidden layers
-  have ``hidden // heads`` channels per head, concatenated; the last layer has ``num_classes`` channels per head,
-  averaged over heads; bias after the combination.
-- Between layers: ReLU (GCN, SAGE) or ELU (GAT), then dropout (default 0). Nothing after the last layer.
-- Loss: mean cross-entropy over ``train_mask`` vertices. Optimiser: Adam(lr), no weight decay.
+- Layers: each model's own module in ``flexgnn_core/models/`` (``gcn``, ``sage``, ``gat``, ...) states its PyG
+  layer, equation, parameters and activation; ``flexgnn_core.models.get(kind)`` is the registry.
+- Dropout (``flexgnn_core.dropout``: masks keyed by seed, epoch, layer and global ids, identical in every system):
+  input dropout on the features before layer 0 (``input_dropout``), hidden dropout after the activation between
+  layers (``dropout``), and for attention models dropout of the attention coefficients after the softmax
+  (``attention_dropout``, as PyG's ``GATConv``); kept entries are scaled by ``1 / (1 - p)``; training only. So
+  layer ``l`` reads ``h_l = drop(act(z_{l-1}))`` (``h_0 = drop(x)``), keyed by layer ``l``. Nothing after the last
+  layer.
+- Loss: mean cross-entropy over ``train_mask`` vertices. Optimiser: ``torch.optim.Adam(lr, weight_decay)`` over
+  every parameter (L2 added to the gradient, as torch's Adam does).
+- Evaluation (``flexgnn_core.evaluate``): predictions are the argmax of the eval-mode logits, scored with OGB's
+  ``Evaluator`` on OGB graphs and plain accuracy otherwise; ``TrainSpec.select="best_val"`` evaluates after every
+  epoch and also reports the epoch of best validation accuracy (``RunResult.best_val``).
 - Parameters: a flat ``{name: tensor}`` dict named like the PyG baseline's ``state_dict`` (``convs.{i}.lin.weight``
   etc.), built once from the seed by ``flexgnn_core.models.init_params``; every system loads exactly these.
 """
@@ -35,8 +39,8 @@ import torch
 from torch import Tensor
 
 SCHEMA_VERSION = 1
+SELECTIONS = ("last", "best_val")  # TrainSpec.select
 
-MODEL_KINDS = ("gcn", "sage", "gat")
 TIERS = ("device", "host", "disk")
 LINKS = ("h2d", "d2h", "disk_read", "disk_write", "net_send", "net_recv")
 
@@ -48,7 +52,8 @@ EPOCH_MEDIAN_S = "time/epoch_median_s"
 PREPROCESS_S = "time/preprocess_s"
 EVAL_S = "time/eval_s"
 LOAD_S = "time/load_s"
-PLAN_SOLVE_S = "plan/solve_time_s"
+PLAN_SOLVE_S = "plan/solve_s"
+PLAN_CALIBRATE_S = "plan/calibrate_s"
 DEVICE_PEAK_BYTES = "mem/device_peak_bytes"
 HOST_PEAK_BYTES = "mem/host_peak_bytes"
 
@@ -56,16 +61,6 @@ HOST_PEAK_BYTES = "mem/host_peak_bytes"
 class SystemUnavailable(RuntimeError):
     """A system that cannot run on this machine (a missing environment, library or device); the message says how
     to make it available. Single runs fail on it; sweeps record the job as skipped and go on."""
-
-
-class PlanInfeasible(ValueError):
-    """A plan that does not fit the budgets (``Plan.feasible`` is False); the message gives the reason and the
-    minimum; ``plan`` is the plan that did not fit (``Plan.to_json()``). Single runs fail on it; sweeps record the
-    job as infeasible and go on."""
-
-    def __init__(self, message: str, plan: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.plan = plan
 
 
 class GraphError(ValueError):
@@ -198,27 +193,44 @@ class Graph:
 class ModelSpec:
     """What to train: the architecture and its optimiser (semantics in the module docstring)."""
 
-    kind: str = "gcn"
+    kind: str = "gcn"  # a registered model (flexgnn_core.models.names()); checked by flexgnn_core.models.check
     num_layers: int = 2
     hidden: int = 128
     heads: int = 4
-    dropout: float = 0.0
+    dropout: float = 0.0  # hidden dropout: after the activation between layers
     lr: float = 0.01
+    input_dropout: float | None = None  # on the features before layer 0; None = the same rate as ``dropout``
+    attention_dropout: float | None = None  # attention models: on alpha after the softmax; None = ``dropout``
+    weight_decay: float = 0.0  # Adam's L2 (torch.optim.Adam(weight_decay=...)) on every parameter
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model.kind '{self.kind}' is unknown; valid: {', '.join(MODEL_KINDS)}")
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"model.kind must be a model name, got {self.kind!r}")
         for name in ("num_layers", "hidden", "heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.kind == "gat" and self.hidden % self.heads:
-            raise ValueError(f"model.hidden={self.hidden} must be divisible by model.heads={self.heads} for GAT "
-                             "(hidden layers concatenate heads of hidden // heads channels)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "input_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if value is None and name != "dropout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"model.lr must be a positive number, got {self.lr!r}")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not math.isfinite(wd) or wd < 0:
+            raise ValueError(f"model.weight_decay must be a number >= 0, got {wd!r}")
+
+    @property
+    def input_rate(self) -> float:
+        """The input dropout rate in effect (``input_dropout``, or ``dropout`` when that is None)."""
+        return float(self.dropout if self.input_dropout is None else self.input_dropout)
+
+    @property
+    def attention_rate(self) -> float:
+        """The attention dropout rate in effect (``attention_dropout``, or ``dropout`` when that is None)."""
+        return float(self.dropout if self.attention_dropout is None else self.attention_dropout)
 
     def dims(self, in_dim: int, num_classes: int) -> list[int]:
         """Layer widths ``[in, hidden, ..., num_classes]`` (GAT hidden widths are heads concatenated)."""
@@ -234,12 +246,17 @@ class TrainSpec:
     seed: int = 0
     device: str = "auto"  # "auto" = cuda when available else cpu; or "cpu", "cuda", "cuda:1"
     progress: bool = True
+    # "last": evaluate once after the last epoch; "best_val": evaluate after every epoch (timed apart from the
+    # epochs) and also report the epoch of best validation accuracy, keeping its parameters
+    select: str = "last"
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"train.epochs must be a positive integer, got {self.epochs!r}")
         if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"train.warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs!r}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"train.select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -253,7 +270,10 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class RunResult:
-    """What a system's ``train`` returns. JSON-ready except ``final_params`` (kept for parity checks)."""
+    """What a system's ``train`` returns. JSON-ready except ``final_params`` (kept for parity checks).
+
+    ``status`` is ``"ok"``, or ``"infeasible"`` when a planning system found no plan that fits its budgets: then
+    nothing was trained, ``reason`` says why and names the minimum, and ``plan`` is the plan that did not fit."""
 
     system: str
     epoch_losses: list[float]
@@ -268,6 +288,15 @@ class RunResult:
     plan: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     final_params: dict[str, Tensor] | None = None
+    status: str = "ok"
+    reason: str = ""
+    # train.select=best_val: {"epoch" (0-based), "train", "val", "test"} of the epoch with the best validation
+    # accuracy (the first on ties), and the validation accuracy after every epoch; None otherwise
+    best_val: dict[str, Any] | None = None
+    epoch_val_acc: list[float] | None = None
+    evaluator: str = "accuracy"  # what scored the predictions (flexgnn_core.evaluate): "accuracy" or OGB's
+    best_params: dict[str, Tensor] | None = None  # the parameters after the best validation epoch (best_val)
+    predictions: dict[str, Tensor] | None = None  # "final" and "best_val" predicted classes [N] (not in JSON)
 
     @property
     def timed_epoch_times_s(self) -> list[float]:
@@ -281,12 +310,17 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "system": self.system,
+            "status": self.status,
+            "reason": self.reason,
             "device": self.device,
             "epoch_losses": self.epoch_losses,
             "epoch_times_s": self.epoch_times_s,
             "warmup_epochs": self.warmup_epochs,
             "median_epoch_s": self.median_epoch_s,
             "accuracy": self.accuracy,
+            "best_val": self.best_val,
+            "epoch_val_acc": self.epoch_val_acc,
+            "evaluator": self.evaluator,
             "peak_bytes": self.peak_bytes,
             "tier_peak_bytes": self.tier_peak_bytes,
             "io_bytes": self.io_bytes,

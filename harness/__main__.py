@@ -10,6 +10,8 @@ Examples::
     python -m harness +sweep=planner                   # every flexgnn planner x models x densities x budgets
 
 The last line on stdout is the run record as compact JSON; everything else (logs, progress) goes to stderr.
+SIGTERM ends a run as Ctrl-C does (``harness.signals``): a ``status: "killed"`` record, the MLflow run (and a
+sweep's parent run) KILLED, the disk tier removed; the exit code is 143 (130 for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ from omegaconf import DictConfig
 from harness.config import ConfigError, conf_dir
 from harness.record import dumps
 from harness.run import run
+from harness.signals import acknowledge, exit_code, sigterm_as_interrupt
 from harness.systems import SystemUnavailable
+from harness.tracking import SweepCallback
 
 USER_ERRORS = (ConfigError, SystemUnavailable, ValueError, OSError)  # bad input: the message says what to fix
 
 
 def main(cfg: DictConfig) -> str:
-    """Run one job; returns the record's status (ok, skipped, infeasible), which a sweep's progress shows."""
+    """Run one job; returns the record's status (ok, skipped, infeasible, or reused in a resumed sweep), which a
+    sweep's progress shows."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -40,7 +45,7 @@ def main(cfg: DictConfig) -> str:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     print(dumps(record), flush=True)
-    return record["status"]
+    return "reused" if record.get("reused") else record["status"]
 
 
 def cli() -> None:
@@ -48,7 +53,15 @@ def cli() -> None:
         path = conf_dir()
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    hydra.main(version_base="1.3", config_path=str(path), config_name="config")(main)()
+    with sigterm_as_interrupt():
+        try:
+            hydra.main(version_base="1.3", config_path=str(path), config_name="config")(main)()
+        except KeyboardInterrupt as interrupt:  # a job in progress recorded itself as killed; a sweep's parent is left
+            acknowledge()
+            SweepCallback.close_interrupted(interrupt)
+            print(f"interrupted by {'SIGTERM' if exit_code(interrupt) == 143 else 'Ctrl-C'}: a job in progress is "
+                  "recorded as killed; a sweep continues with the same command and resume=true", file=sys.stderr)
+            sys.exit(exit_code(interrupt))
 
 
 if __name__ == "__main__":

@@ -16,19 +16,23 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from flexgnn_core import models
 from flexgnn_core.data import DATASETS
+from flexgnn_core.plan import Budgets
 from flexgnn_core.spec import ModelSpec, TrainSpec
+from harness.errors import ConfigError
+from harness.systems import SYSTEMS, SystemUnavailable, hardware_keys
+from harness.resume import sweep_dir
 
 CONF_ENV = "FLEXGNN_CONF"
 DATASET_NAMES = DATASETS  # the data layer's list is the one list of valid dataset names
 # Dataset knobs that are sizes: zero or negative is always a mistake, whatever the dataset.
 DATASET_SIZE_KEYS = ("num_nodes", "avg_degree", "num_features", "num_classes")
 HARDWARE_BYTE_KEYS = ("device_budget_bytes", "host_budget_bytes")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run; the message names the field and the fix."""
-
+# hardware-group key -> the option name a system declares in its HARDWARE_KEYS
+HARDWARE_OPTIONS = {"device_budget_bytes": "device_budget_bytes", "host_budget_bytes": "host_budget_bytes",
+                    "device_budget_fraction": "device_budget_fraction", "disk_dir": "disk_dir", "profile": "hardware",
+                    "memory_cap": "memory_cap"}
 
 def conf_dir() -> Path:
     """The top-level ``conf/`` of this checkout (``$FLEXGNN_CONF`` overrides, e.g. for a non-editable install)."""
@@ -84,22 +88,29 @@ class FilesDatasetConfig:
     split_seed: int = 0
     num_classes: Optional[int] = None
     symmetrize: bool = True
+    allow_empty: bool = False  # an edge list with no edges (after cleaning) is refused unless this is true
 
 
 @dataclass
 class SavedDatasetConfig:
     name: str = "saved"
     path: str = MISSING
+    allow_empty: bool = False
 
 
 @dataclass
 class ModelConfig:
+    """``flexgnn_core.spec.ModelSpec``: dropout rates and weight decay are exact across systems (spec.py)."""
+
     kind: str = "gcn"
     num_layers: int = 2
     hidden: int = 128
     heads: int = 4
-    dropout: float = 0.0
+    dropout: float = 0.0  # hidden dropout, after the activation between layers
     lr: float = 0.01
+    input_dropout: Optional[float] = None  # on the features before layer 0; null = model.dropout
+    attention_dropout: Optional[float] = None  # GAT: on the attention after the softmax; null = model.dropout
+    weight_decay: float = 0.0  # Adam's L2 on every parameter (torch.optim.Adam(weight_decay=...))
 
 
 @dataclass
@@ -107,10 +118,16 @@ class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     device_budget_bytes: Any = None  # int bytes or "512MiB" / "2GB"; null = unlimited
     host_budget_bytes: Any = None
+    # The device budget as a share of the planner's all-on-device peak, in (0, 1]; instead of
+    # device_budget_bytes (not both). Only systems that plan (flexgnn) understand it.
+    device_budget_fraction: Optional[float] = None
     disk_dir: Optional[str] = None  # null = a temporary directory chosen by the system
     # Planning what-ifs: a datasheet profile (h200, h100, a100 or gpu-link-disk such as h100-pcie4-nvme5,
     # flexgnn_core/calibrate.py) instead of this machine's measured calibration; null = measured.
     profile: Optional[str] = None
+    # A hard cap on the whole job's memory (bytes or "2GiB"), enforced by the kernel through a memory-limited
+    # control group (harness/memcap.py); null = none. On CUDA it also makes device_budget_bytes a hard limit.
+    memory_cap: Any = None
 
 
 @dataclass
@@ -118,14 +135,11 @@ class FlexgnnSystemConfig:
     """``flexgnn_core.engine`` options (conf/system/flexgnn.yaml); budgets in bytes come from the hardware group."""
 
     name: str = "flexgnn"
-    policy: str = "optimal"  # a solver of flexgnn_core/solvers.py SOLVERS; planner=NAME overrides
-    num_chunks: int = 4
+    policy: str = "optimal"  # a solver of flexgnn_core/plan/solvers SOLVERS; planner=NAME overrides
+    num_chunks: Optional[int] = None  # null: the planner picks P
     reorder: str = "none"
     order: str = "auto"
     prefetch: bool = True
-    # The device budget as a share of this problem's all-on-device peak, in (0, 1]; instead of
-    # hardware.device_budget_bytes (not both); null = hardware.device_budget_bytes decides.
-    device_budget_fraction: Optional[float] = None
 
 
 @dataclass
@@ -135,6 +149,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "${hardware.device}"
     progress: bool = True
+    # last: evaluate after the last epoch; best_val: after every epoch (timed apart from the epochs), and report
+    # the accuracies of the best validation epoch beside the last one's
+    select: str = "last"
 
 
 @dataclass
@@ -160,6 +177,9 @@ class Config:
     # Index of a repeated job, no effect on training: a sweep lists `repeat: 0,1` (slowest-varying, so repeats
     # interleave) and the reports keep each job's fastest run, the least disturbed on a shared machine.
     repeat: int = 0
+    # Rerun the identical sweep command with resume=true: its latest sweep directory is continued, jobs whose
+    # record is complete (same config, same commit) are reused (harness/resume.py).
+    resume: bool = False
 
 
 def register_configs() -> None:
@@ -175,6 +195,7 @@ def register_configs() -> None:
 
 
 register_configs()
+OmegaConf.register_new_resolver("sweep_dir", sweep_dir, replace=True)  # hydra.sweep.dir in conf/config.yaml
 
 
 # --- validation ----------------------------------------------------------------------------------------------
@@ -205,17 +226,14 @@ def parse_bytes(value: Any, field_name: str) -> int | None:
     return int(number)
 
 
-def _check_budget_fraction(options: dict[str, Any]) -> None:
-    """``system.device_budget_fraction``: in (0, 1], and not together with ``hardware.device_budget_bytes``."""
-    fraction = options.get("device_budget_fraction")
-    if fraction is None:
+def _check_num_chunks(system_name: str, options: dict[str, Any]) -> None:
+    chunks = options.get("num_chunks")
+    if chunks is None:  # the planner picks P
         return
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ConfigError(f"config field 'system.device_budget_fraction': got {fraction!r}, must be in (0, 1] (a "
-                          "share of the all-on-device peak). Fix: e.g. system.device_budget_fraction=0.25, or null")
-    if options.get("device_budget_bytes") is not None:
-        raise ConfigError("config fields 'system.device_budget_fraction' and 'hardware.device_budget_bytes' are both "
-                          "set, and each sets the device budget. Fix: drop one, e.g. hardware.device_budget_bytes=null")
+    if system_name == "flexgnn" and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
+        raise ConfigError(f"config field 'system.num_chunks': got {chunks!r}, must be an integer >= 1 (the number of "
+                          "destination chunks, at most the number of vertices), or null for the planner to pick. "
+                          "Fix: raise it, e.g. system.num_chunks=4, or system.num_chunks=null")
 
 
 @dataclass(frozen=True)
@@ -228,6 +246,10 @@ class Settings:
     train: TrainSpec
     system_name: str
     system_options: dict[str, Any]
+    # hardware-group settings this system does not use (e.g. a device budget for pyg on CPU): recorded, not fatal
+    ignored_hardware: tuple[str, ...] = ()
+    memory_cap_bytes: int | None = None  # hardware.memory_cap: the job runs in a capped group (harness/capped.py)
+    device_budget_bytes: int | None = None  # hardware.device_budget_bytes (under a cap: the CUDA allocator's limit)
 
 
 def _container(node: Any, field_name: str) -> dict[str, Any]:
@@ -266,36 +288,68 @@ def validate(cfg: DictConfig) -> Settings:
     dataset_options = {key: value for key, value in dataset.items() if value is not None}
 
     model = _spec(ModelSpec, _container(cfg.get("model"), "model"), "model", ModelConfig())
+    try:
+        models.check(model)
+    except ValueError as error:
+        raise ConfigError(f"config field 'model.kind': {error}. Fix: model=<one of {', '.join(models.names())}> "
+                          "(conf/model/)") from None
     train = _spec(TrainSpec, _container(cfg.get("train"), "train"), "train", TrainConfig())
 
     system = _container(cfg.get("system"), "system")
-    from harness.systems import SYSTEMS  # the registry is the list of valid names
-
     system_name = system.pop("name", None)
-    if system_name not in SYSTEMS:
+    if system_name not in SYSTEMS:  # the registry is the list of valid names
         raise ConfigError(f"config field 'system.name': unknown system {system_name!r}; valid: "
                           f"{', '.join(SYSTEMS)}. Fix: system=<one of those>")
-    hardware = _container(cfg.get("hardware"), "hardware")
-    # Hardware settings join the system's options only when set: null (unlimited, temp dir) is the absence of
-    # a key, so systems that take no budgets (pyg, which rejects unknown options) run under the default hardware.
-    options = dict(system)
-    for key in HARDWARE_BYTE_KEYS:
-        options[key] = parse_bytes(hardware.get(key), f"hardware.{key}")
-    options["disk_dir"] = hardware.get("disk_dir")
-    options["hardware"] = hardware.get("profile")
-    if options["hardware"] is not None and system_name != "flexgnn":
-        raise ConfigError(f"config field 'hardware.profile': a datasheet profile only steers the flexgnn planner, "
-                          f"but system={system_name}. Fix: add system=flexgnn or drop hardware.profile=")
+    group = _container(cfg.get("hardware"), "hardware")
+    hardware, ignored = _hardware_options(group, system_name)
+    options = {**system, **hardware}
     planner = cfg.get("planner")
     if planner is not None:
         if system_name != "flexgnn":
             raise ConfigError(f"config field 'planner': planner={planner.get('name')} plans the flexgnn engine, but "
                               f"system={system_name}. Fix: add system=flexgnn or drop planner=")
         options["policy"] = planner.get("name")
-    _check_budget_fraction(options)
-    options = {key: value for key, value in options.items() if value is not None or key in system}
+    _check_num_chunks(system_name, options)
     if train.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", train.device):
         raise ConfigError(f"config field 'hardware.device': got {train.device!r}. Fix: hardware.device=auto, cpu, "
                           "cuda or cuda:N")
+    memory_cap_bytes = parse_bytes(group.get("memory_cap"), "hardware.memory_cap")
+    device_budget_bytes = parse_bytes(group.get("device_budget_bytes"), "hardware.device_budget_bytes")
+    if memory_cap_bytes is not None:  # under a cap the device budget is every system's hard CUDA limit
+        ignored = [key for key in ignored if key != "hardware.device_budget_bytes"]
+    if memory_cap_bytes is not None and options.get("launch") == "env":
+        raise ConfigError("config field 'hardware.memory_cap': with system.launch=env every torchrun rank would cap "
+                          "itself apart. Fix: cap torchrun as a whole (e.g. systemd-run --scope -p MemoryMax=...) "
+                          "and drop hardware.memory_cap")
     return Settings(dataset_name=dataset_name, dataset_options=dataset_options, model=model, train=train,
-                    system_name=system_name, system_options=options)
+                    system_name=system_name, system_options=options, ignored_hardware=tuple(ignored),
+                    memory_cap_bytes=memory_cap_bytes, device_budget_bytes=device_budget_bytes)
+
+
+def _hardware_options(hardware: dict[str, Any], system_name: str) -> tuple[dict[str, Any], list[str]]:
+    """Budgets parsed and validated once (``flexgnn_core.plan.Budgets``), then the hardware keys the system
+    declares as its options; set keys it does not take are listed as ignored (a profile is an error: it only
+    steers a planner)."""
+    values = {key: parse_bytes(hardware.get(key), f"hardware.{key}") for key in HARDWARE_BYTE_KEYS}
+    values["device_budget_fraction"] = hardware.get("device_budget_fraction")
+    try:
+        Budgets(**values)
+    except ValueError as error:
+        field_name = re.search(r"hardware\.(\w+)", str(error))
+        key = field_name.group(1) if field_name else "device_budget_bytes"
+        raise ConfigError(f"config field 'hardware.{key}': {error}. Fix: e.g. hardware.{key}=null, or a value in "
+                          "range (budgets: a size like 512MiB; fraction: in (0, 1])") from None
+    values["disk_dir"], values["profile"] = hardware.get("disk_dir"), hardware.get("profile")
+    values["memory_cap"] = parse_bytes(hardware.get("memory_cap"), "hardware.memory_cap")
+    try:
+        takes = hardware_keys(system_name)
+    except SystemUnavailable:  # the run says why the system cannot run (a sweep records it as skipped)
+        takes = ()
+    if values["profile"] is not None and HARDWARE_OPTIONS["profile"] not in takes:
+        raise ConfigError(f"config field 'hardware.profile': a datasheet profile only steers the flexgnn planner, "
+                          f"but system={system_name}. Fix: add system=flexgnn or drop hardware.profile=")
+    chosen = {HARDWARE_OPTIONS[key]: value for key, value in values.items()
+              if value is not None and HARDWARE_OPTIONS[key] in takes}
+    ignored = [f"hardware.{key}" for key, value in values.items()  # the harness enforces memory_cap for all
+               if value is not None and HARDWARE_OPTIONS[key] not in takes and key != "memory_cap"]
+    return chosen, ignored

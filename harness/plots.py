@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from harness.report import BASELINE, summarize
+from harness.summary import BASELINE, summarize
 from harness.report_planner import PLANNERS, planner_of
 
 

@@ -2,8 +2,8 @@
 
 A record holds the resolved config, what ran, graph statistics, the ``RunResult`` (per-epoch losses and times,
 peak memory, bytes per link, timings, accuracy, plan), the machine, library versions, git commit and UTC time.
-Unknown values are ``null``, never ``inf``/``NaN``; files are written atomically and never overwritten, so a
-failing run cannot damage a record written earlier.
+Unknown values are ``null``, never ``inf``/``NaN``; credentials in URIs are masked; files are written atomically and
+never overwritten, so a failing run cannot damage a record written earlier.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,25 @@ def jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):  # torch / numpy scalars and small arrays
         return jsonable(value.tolist())
     return str(value)
+
+
+# A password in a URI (scheme://user:password@host) or a secret query parameter (?password=..., &token=...).
+_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*):[^\s/@]+@")
+_SECRET_PARAMETER = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|token|access_token|secret|api_key|apikey)=)"
+                               r"[^&;\s]+", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(value: Any) -> Any:
+    """``value`` with credentials in every string masked: ``postgresql://user:pw@host/db`` -> ``user:***@``."""
+    if isinstance(value, str):
+        value = _URI_PASSWORD.sub(rf"\g<head>:{REDACTED}@", value)
+        return _SECRET_PARAMETER.sub(rf"\g<head>{REDACTED}", value)
+    if isinstance(value, dict):
+        return {key: redact(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
 
 
 def machine_info() -> dict[str, Any]:
@@ -107,8 +127,9 @@ def build_record(*, config: dict[str, Any], settings: Any, graph_stats: dict[str
                  result: dict[str, Any] | None, started: datetime, status: str, error: str | None = None,
                  overrides: list[str] | None = None, tracking: dict[str, Any] | None = None,
                  git: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble a record (``result`` is ``RunResult.to_json()`` with the harness's load time and peak memory)."""
-    return jsonable({
+    """Assemble a record (``result`` is ``RunResult.to_json()`` with the harness's load time and peak memory);
+    credentials in URIs (a tracking URI, the command line) are masked."""
+    return redact(jsonable({
         "schema_version": SCHEMA_VERSION,
         "status": status,
         "error": error,
@@ -126,7 +147,7 @@ def build_record(*, config: dict[str, Any], settings: Any, graph_stats: dict[str
         "git": git if git is not None else git_info(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "tracking": tracking,
-    })
+    }))
 
 
 def record_filename(record: dict[str, Any]) -> str:

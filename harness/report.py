@@ -10,82 +10,19 @@ A sweep writes the same files into its sweep directory when its last job ends.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("system", "model", "dataset", "num_nodes", "num_edges", "avg_degree", "status", "epochs",
-           "median_epoch_s", "speedup_vs_pyg", "val_acc", "test_acc", "host_peak_bytes", "device_peak_bytes", "note")
-BASELINE = "pyg"
+from harness.plots import write_plots
+from harness.report_planner import summary_line, write_planner
+from harness.summary import BASELINE, COLUMNS, markdown, row_of, summarize, write_summary
 
-
-def row_of(record: dict[str, Any]) -> dict[str, Any]:
-    result = record.get("result") or {}
-    graph = record.get("graph") or {}
-    dataset_cfg = (record.get("config") or {}).get("dataset") or {}
-    peak = result.get("peak_bytes") or {}
-    accuracy = result.get("accuracy") or {}
-    return {
-        "system": record.get("system"), "model": record.get("model"), "dataset": record.get("dataset"),
-        "num_nodes": graph.get("num_nodes"), "num_edges": graph.get("num_edges"),
-        "avg_degree": dataset_cfg.get("avg_degree"), "status": record.get("status"),
-        "epochs": len(result.get("epoch_times_s") or []) or None, "median_epoch_s": result.get("median_epoch_s"),
-        "speedup_vs_pyg": None, "val_acc": accuracy.get("val"), "test_acc": accuracy.get("test"),
-        "host_peak_bytes": peak.get("host"), "device_peak_bytes": peak.get("device"),
-        "note": record.get("error"),  # why a job failed or was skipped (e.g. DGL's environment is missing)
-    }
-
-
-def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows sorted by graph, model, system; speedup = pyg's median epoch / this median on the same graph+model."""
-    rows = [row_of(record) for record in records]
-
-    def key(row: dict[str, Any]) -> tuple:
-        return (str(row["dataset"]), row["num_nodes"] or 0, row["num_edges"] or 0, str(row["model"]))
-
-    baseline = {key(row): row["median_epoch_s"] for row in rows
-                if row["system"] == BASELINE and row["status"] == "ok" and row["median_epoch_s"]}
-    for row in rows:
-        reference = baseline.get(key(row))
-        if reference and row["median_epoch_s"] and row["status"] == "ok":
-            row["speedup_vs_pyg"] = reference / row["median_epoch_s"]
-    return sorted(rows, key=lambda row: (*key(row), str(row["system"])))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[column]) for column in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_summary(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Write ``summary.csv`` and ``summary.md`` for these records into ``out_dir``; return the two paths."""
-    rows = summarize(records)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({column: ("" if row[column] is None else row[column]) for column in COLUMNS}
-                         for row in rows)
-    md_path.write_text(markdown(rows))
-    return [csv_path, md_path]
+__all__ = ["BASELINE", "COLUMNS", "markdown", "row_of", "summarize", "write_reports", "write_summary"]
 
 
 def write_reports(record_paths: list[Path], out_dir: Path) -> tuple[list[Path], dict[str, Any] | None]:
     """Every table and plot these records support, into ``out_dir``: (paths written, planner summary or None)."""
-    from harness.plots import write_plots
-    from harness.report_planner import write_planner
-
     records = [json.loads(Path(path).read_text()) for path in record_paths]  # read once for every table and plot
     paths = write_summary(records, out_dir)
     planner_paths, planner = write_planner(records, out_dir)
@@ -103,8 +40,6 @@ def main(argv: list[str] | None = None) -> None:
     for path in paths:
         print(path)
     if planner is not None:
-        from harness.report_planner import summary_line
-
         print(summary_line(planner))
 
 

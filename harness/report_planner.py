@@ -5,7 +5,7 @@ as ``planner.csv`` / ``planner.md`` whenever the records hold a case run with se
 ``python -m harness +sweep=planner``. Definitions are those of ``bench/planner_quality.py``:
 
 - case: flexgnn records with the same model (kind, layers, hidden, heads), graph (dataset, num_nodes,
-  avg_degree), P (``system.num_chunks``) and device budget (``system.device_budget_fraction``, else
+  avg_degree), P (``system.num_chunks``) and device budget (``hardware.device_budget_fraction``, else
   ``hardware.device_budget_bytes``); one entry per planner (``planner=`` or ``system.policy``);
 - measured: the record's median epoch (warm-up excluded), the fastest when a planner ran a case more than once,
   and planners whose plans are identical share the fastest of them (the bench runs an identical plan once);
@@ -50,12 +50,13 @@ def _case_of(record: dict[str, Any]) -> dict[str, Any]:
     config = record.get("config") or {}
     dataset, model = config.get("dataset") or {}, config.get("model") or {}
     system, hardware = config.get("system") or {}, config.get("hardware") or {}
+    # the fraction lives in the hardware group (records before 2026-12-01 kept it in the system group)
+    fraction = hardware.get("device_budget_fraction", system.get("device_budget_fraction"))
     return {"model": record.get("model"), "dataset": record.get("dataset"), "num_nodes": dataset.get("num_nodes"),
             "avg_degree": dataset.get("avg_degree"), "num_layers": model.get("num_layers"),
             "hidden": model.get("hidden"), "heads": model.get("heads") if record.get("model") == "gat" else None,
-            "num_chunks": system.get("num_chunks"), "budget_fraction": system.get("device_budget_fraction"),
-            "device_budget_bytes": None if system.get("device_budget_fraction") is not None
-            else hardware.get("device_budget_bytes")}
+            "num_chunks": system.get("num_chunks"), "budget_fraction": fraction,
+            "device_budget_bytes": None if fraction is not None else hardware.get("device_budget_bytes")}
 
 
 def _entry(record: dict[str, Any]) -> dict[str, Any]:

@@ -3,26 +3,33 @@
 ``run(cfg)`` is what ``python -m harness`` calls for each job, and what tests call directly. Order matters for
 bad input: the config is validated and the system imported before anything is recorded; once an MLflow run
 exists, any failure marks it FAILED with the error, writes a ``status: failed`` record into the job's own
-directory, and re-raises (a non-zero exit). Earlier records and runs are never touched. Inside a sweep, two outcomes
+directory, and re-raises (a non-zero exit); Ctrl-C and SIGTERM (``harness.signals``) do the same with KILLED and
+``status: killed``. Earlier records and runs are never touched. Inside a sweep, two outcomes
 are results rather than failures, recorded so the sweep goes on: a system unavailable here (``status: skipped``,
 no MLflow run) and a flexgnn plan that does not fit its budget (``status: infeasible`` with the reason, no
-result; its MLflow run is tagged ``status=infeasible`` and finished).
+result; its MLflow run is tagged ``status=infeasible`` and finished). Under ``hardware.memory_cap`` the load and the
+training run in a capped child process (``harness/capped.py``), and a job that runs out of memory under the cap
+is a result too, in single runs as in sweeps: ``status: oom``, its MLflow run tagged ``status=oom`` and finished.
+A result is recorded under ``signals.deferred()`` (a SIGTERM waits until it is written whole), and the job
+directory's ``record.json`` last, after the stable record and the MLflow run: a resumed sweep (``resume=true``,
+``harness.resume``) reuses a job only when it is there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flexgnn_core.spec import PlanInfeasible
+from harness import capped as capping
 from harness import record as records
+from harness import resume, signals
 from harness.config import ConfigError, Settings, validate
+from harness.job import train_job
 from harness.systems import SystemUnavailable, get_train_fn, preflight
 from harness.tracking import PARENT_ID_FILE, Store
 
@@ -46,29 +53,12 @@ def _hydra_job() -> dict[str, Any]:
     return job
 
 
-def _train(settings: Settings, train_fn: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load the graph and train; returns (graph statistics, result JSON with load time and peak memory)."""
-    from flexgnn_core.data import load_dataset
-    from flexgnn_core.memory import PeakMemoryMeter
-    from flexgnn_core.models import init_params
-    from flexgnn_core.spec import resolve_device
+def _takes(system_name: str) -> tuple[str, ...]:
+    from harness.config import HARDWARE_OPTIONS
+    from harness.systems import hardware_keys
 
-    start = time.perf_counter()
-    graph = load_dataset(settings.dataset_name, **settings.dataset_options)
-    load_s = time.perf_counter() - start
-    stats = {**graph.stats(), "provenance": graph.provenance}
-    log.info("%s %s (%d layers, hidden %d) on %s: %d nodes, %d edges, %d features, %d classes; %d epochs "
-             "(%d warm-up) on %s; loaded in %.2f s", settings.system_name, settings.model.kind,
-             settings.model.num_layers, settings.model.hidden, graph.name, graph.num_nodes, graph.num_edges,
-             graph.num_features, graph.num_classes, settings.train.epochs, settings.train.warmup_epochs,
-             settings.train.device, load_s)
-    params = init_params(settings.model, graph.num_features, graph.num_classes, settings.train.seed)
-    with PeakMemoryMeter(resolve_device(settings.train.device)) as meter:
-        result = train_fn(graph, settings.model, params, settings.train, dict(settings.system_options))
-    # A system that measures itself (e.g. worker processes) wins over the harness's in-process meter.
-    result.peak_bytes = {**meter.peak_bytes, **{k: v for k, v in result.peak_bytes.items() if v is not None}}
-    result.timings_s = {"load": load_s, **result.timings_s}
-    return stats, result.to_json()
+    keys = hardware_keys(system_name)
+    return tuple(key for key, option in HARDWARE_OPTIONS.items() if option in keys)
 
 
 def _secondary_rank(settings: Settings) -> bool:
@@ -88,7 +78,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"config field 'hardware.device': {error}") from None
     config = OmegaConf.to_container(cfg, resolve=True)
     job = _hydra_job()
+    for key in settings.ignored_hardware:
+        log.warning("%s is set but system %s does not use it (it takes %s); use hardware.memory_cap for a hard "
+                    "cap on any system", key, settings.system_name,
+                    ", ".join(f"hardware.{k}" for k in _takes(settings.system_name)) or "no hardware keys")
     git = records.git_info()
+    if job.get("multirun") and cfg.get("resume"):
+        done = resume.completed_record(job["output_dir"], config, git["commit"])
+        if done is not None:
+            log.info("reused: %s is complete for this config at commit %s", job["output_dir"] / "record.json",
+                     git["commit"])
+            return {**done, "reused": True}
     common = dict(config=config, settings=settings, started=started, overrides=job.get("overrides"), git=git,
                   tracking=None)  # what every record of this job shares; tracking is set once MLflow has a run
     try:
@@ -101,10 +101,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         records.write_json(job["output_dir"] / "record.json", skipped, overwrite=True)
         log.warning("skipped: %s", error)
         return skipped
+    cap = capping.prepare(settings)  # None without hardware.memory_cap; fails here if nothing can cap memory
     if _secondary_rank(settings):  # under torchrun every rank runs the harness: rank 0 alone records
-        graph_stats, result = _train(settings, train_fn)
+        graph_stats, result = train_job(settings, train_fn)
         return records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    config_yaml = records.redact(OmegaConf.to_yaml(cfg, resolve=True))
     runs_dir = Path(cfg.runs_dir)
     name = f"{settings.system_name}-{settings.model.kind}-{settings.dataset_name}"
     store = Store.open(cfg.mlflow, runs_dir) if cfg.mlflow.enabled else None
@@ -117,65 +118,107 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "parent_run_id": job.get("parent_run_id")} if store else None
     common["tracking"] = tracking
     try:
-        graph_stats, result = _train(settings, train_fn)
-    except PlanInfeasible as error:
-        if not job.get("multirun"):  # a single run fails with the reason and the minimum budget
-            _record_failure(error, common, job, store, run_id)
-            raise
-        return _record_infeasible(error, common, job, runs_dir, store, run_id, config_yaml)
+        graph_stats, result = cap.train(config) if cap else train_job(settings, train_fn)
+        if result["status"] == "infeasible" and not job.get("multirun"):  # a single run fails, naming the minimum
+            raise ValueError(result["reason"])
+    except capping.OutOfMemory as error:
+        return _record_oom(error, common, job, runs_dir, store, run_id, config_yaml)
     except BaseException as error:
         _record_failure(error, common, job, store, run_id)
         raise
-    record = records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
-    stable = _write(record, runs_dir, job)
-    if store:
-        try:
-            store.log_record(run_id, record, config_yaml)
-        except BaseException as error:
-            store.fail_run(run_id, error)
-            raise
-        store.client.set_terminated(run_id, status="FINISHED")
-    median = result["median_epoch_s"]
-    log.info("done: median epoch %s, val acc %.4f, host peak %.0f MiB; record %s%s",
+    if result["status"] == "infeasible":  # in a sweep, "this plan cannot fit this budget" is a result
+        return _record_infeasible(result, common, job, runs_dir, store, run_id, config_yaml)
+    with signals.deferred():  # a SIGTERM now waits: the result is recorded whole (files and MLflow) or not at all
+        record = records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
+        if cap:
+            record["memory_cap"] = records.jsonable(cap.facts)
+        stable = _write(record, runs_dir, job)
+        if store:
+            try:
+                store.log_record(run_id, record, config_yaml)
+            except BaseException as error:
+                store.fail_run(run_id, error, status=_close_status(error))
+                raise
+            store.client.set_terminated(run_id, status="FINISHED")
+        _write_job_record(record, job)
+    median, best = result["median_epoch_s"], result.get("best_val")
+    log.info("done: median epoch %s, val acc %.4f, test acc %.4f%s, host peak %.0f MiB; record %s%s",
              "n/a" if median is None else f"{median:.4f} s", result["accuracy"].get("val", float("nan")),
-             (result["peak_bytes"].get("host") or 0) / 2**20, stable, f", MLflow run {run_id}" if run_id else "")
+             result["accuracy"].get("test", float("nan")),
+             "" if best is None else f"; at best val (epoch {best['epoch']}, val {best['val']:.4f}): test acc "
+             f"{best['test']:.4f}", (result["peak_bytes"].get("host") or 0) / 2**20, stable,
+             f", MLflow run {run_id}" if run_id else "")
     return record
 
 
 def _write(record: dict[str, Any], runs_dir: Path, job: dict[str, Any]) -> Path:
-    """The record into ``<runs_dir>/records/`` (never overwritten) and the job's directory; returns the first."""
+    """The record into ``<runs_dir>/records/`` (never overwritten); returns its path. The job directory's copy
+    follows once MLflow has the run (``_write_job_record``)."""
     stable = runs_dir / RECORDS_SUBDIR / records.record_filename(record)
     record["paths"] = {"record": str(stable.resolve()),
                        "job_dir": str(job["output_dir"].resolve()) if "output_dir" in job else None}
     records.write_json(stable, record)
+    return stable
+
+
+def _write_job_record(record: dict[str, Any], job: dict[str, Any]) -> None:
     if "output_dir" in job:
         records.write_json(job["output_dir"] / "record.json", record, overwrite=True)
-    return stable
+
+
+def _close_status(error: BaseException) -> str:
+    """KILLED for Ctrl-C or SIGTERM (``harness.signals``, then told that the cleanup has begun), else FAILED."""
+    if isinstance(error, KeyboardInterrupt):
+        signals.acknowledge()
+        return "KILLED"
+    return "FAILED"
 
 
 def _record_failure(error: BaseException, common: dict[str, Any], job: dict[str, Any], store: Store | None,
                     run_id: str | None) -> None:
-    """A ``status: failed`` record in the job's directory only, and the MLflow run marked FAILED (or KILLED)."""
-    failed = records.build_record(graph_stats=None, result=None, status="failed",
+    """A ``status: failed`` (or ``killed``) record in the job's directory only, and the MLflow run marked FAILED
+    (or KILLED)."""
+    status = "killed" if _close_status(error) == "KILLED" else "failed"
+    failed = records.build_record(graph_stats=None, result=None, status=status,
                                   error=f"{type(error).__name__}: {error}", **common)
-    failed["error_traceback"] = "".join(traceback.format_exception(error))
-    if "output_dir" in job:
-        records.write_json(job["output_dir"] / "record.json", failed, overwrite=True)
+    failed["error_traceback"] = records.redact("".join(traceback.format_exception(error)))
+    _write_job_record(failed, job)
     if store:
-        store.fail_run(run_id, error, status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        store.fail_run(run_id, error, status=_close_status(error))
 
 
-def _record_infeasible(error: PlanInfeasible, common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
+def _record_infeasible(result: dict[str, Any], common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
                        store: Store | None, run_id: str | None, config_yaml: str) -> dict[str, Any]:
     """A sweep's job whose plan does not fit: a ``status: infeasible`` record (the reason, no result) kept like an
     ok one, since "this solver cannot fit this budget" is a result; its MLflow run tagged and finished."""
-    record = records.build_record(graph_stats=None, result=None, status="infeasible", error=str(error), **common)
-    record["plan"] = records.jsonable(error.plan)  # what the solver proposed, with the budget it had to fit
-    _write(record, runs_dir, job)
-    if store:
-        store.log_record(run_id, record, config_yaml)
-        store.client.set_tag(run_id, "status", "infeasible")
-        store.client.set_tag(run_id, "error", str(error)[:5000])
-        store.client.set_terminated(run_id, status="FINISHED")
+    error = result["reason"]
+    record = records.build_record(graph_stats=None, result=None, status="infeasible", error=error, **common)
+    record["plan"] = records.jsonable(result["plan"])  # what the solver proposed, with the budget it had to fit
+    with signals.deferred():
+        _write(record, runs_dir, job)
+        if store:
+            store.log_record(run_id, record, config_yaml)
+            store.client.set_tag(run_id, "status", "infeasible")
+            store.client.set_tag(run_id, "error", str(error)[:5000])
+            store.client.set_terminated(run_id, status="FINISHED")
+        _write_job_record(record, job)
     log.warning("infeasible: %s", error)
+    return record
+
+
+def _record_oom(error: capping.OutOfMemory, common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
+                store: Store | None, run_id: str | None, config_yaml: str) -> dict[str, Any]:
+    """A job that did not fit under ``hardware.memory_cap``: a ``status: oom`` record (the cap, the meters, what it
+    asked for; no result) kept like an ok one; its MLflow run tagged ``status=oom`` and finished."""
+    record = records.build_record(graph_stats=None, result=None, status="oom", error=str(error), **common)
+    record["memory_cap"] = records.jsonable(error.facts)
+    with signals.deferred():
+        _write(record, runs_dir, job)
+        if store:
+            store.log_record(run_id, record, config_yaml)
+            store.client.set_tag(run_id, "status", "oom")
+            store.client.set_tag(run_id, "error", str(error)[:5000])
+            store.client.set_terminated(run_id, status="FINISHED")
+        _write_job_record(record, job)
+    log.warning("oom: %s", error)
     return record

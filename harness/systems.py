@@ -2,6 +2,8 @@
 
 Every entry implements ``flexgnn_core.spec.TrainFn``. Imports are lazy so that a machine without DGL (or without
 a GPU stack a system needs) still runs every other system, and says clearly why the missing one is unavailable.
+A system module declares the hardware-group keys it understands in ``HARDWARE_KEYS`` (none when absent); the
+harness passes it those and only those.
 """
 
 from __future__ import annotations
@@ -10,20 +12,19 @@ import importlib
 from typing import Any, Mapping
 
 from flexgnn_core.spec import SystemUnavailable, TrainFn
+from harness.errors import ConfigError
 
-__all__ = ["SYSTEMS", "SystemUnavailable", "get_train_fn", "preflight"]
+__all__ = ["SYSTEMS", "SystemUnavailable", "calibrate", "get_train_fn", "hardware_keys", "preflight"]
 
 SYSTEMS = {
     "pyg": "baselines.pyg_fullgraph:train",
-    "flexgnn": "flexgnn_core.engine:train",
+    "flexgnn": "flexgnn_core.system:train",
     "ddp": "baselines.ddp_fullgraph:train",
     "dgl": "baselines.dgl_fullgraph:train",
 }
 
 
 def _module(name: str) -> tuple[Any, str]:
-    from harness.config import ConfigError
-
     if name not in SYSTEMS:
         raise ConfigError(f"config field 'system.name': unknown system {name!r}; valid: {', '.join(SYSTEMS)}. "
                           "Fix: system=<one of those>")
@@ -42,6 +43,25 @@ def get_train_fn(name: str) -> TrainFn:
     """The ``train`` function of system ``name``; unknown or unimportable systems raise with the reason."""
     module, function_name = _module(name)
     return getattr(module, function_name)
+
+
+def hardware_keys(name: str) -> tuple[str, ...]:
+    """The hardware-group keys system ``name`` takes as options (its module's ``HARDWARE_KEYS``)."""
+    return tuple(getattr(_module(name)[0], "HARDWARE_KEYS", ()))
+
+
+def calibrate(name: str, options: Mapping[str, Any], device: Any) -> tuple[dict[str, Any], float]:
+    """The harness's calibration step (STYLE #4b): a system that plans with measured rates exports
+    ``calibrate_options(options, device) -> options`` (flexgnn: this machine's cached calibration, measured when
+    absent, passed on as ``hardware``); returns the options and the seconds it took (0 for other systems)."""
+    import time
+
+    step = getattr(_module(name)[0], "calibrate_options", None)
+    if step is None:
+        return dict(options), 0.0
+    start = time.perf_counter()
+    calibrated = step(options, device)
+    return calibrated, time.perf_counter() - start
 
 
 def preflight(name: str, options: Mapping[str, Any]) -> None:

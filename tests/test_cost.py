@@ -1,5 +1,6 @@
 """Cost model and calibration: validation, additivity with unit costs, agreement with simulate(), the cache."""
 
+import dataclasses
 import json
 import math
 
@@ -7,9 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flexgnn_core import calibrate, cost
-from flexgnn_core.cost import UNIT, Hardware
-from flexgnn_core.plan import Problem, custom_plan, intermediates, layer_orders, simulate, SOLVERS
+from flexgnn_core import calibrate, models
+from flexgnn_core.calibrate import probe
+from flexgnn_core.plan import Problem, cost, custom_plan, intermediates, layer_orders, simulate
+from flexgnn_core.plan.cost import UNIT, Hardware
+from flexgnn_core.plan.solvers import solve
 
 
 def tiny_problem(**changes) -> Problem:
@@ -41,7 +44,7 @@ def test_unit_costs_add_up_by_hand():
     """1-layer GCN, N=4, E=6, dims 2->3, all on the device: forward mm 2*4*2*3=48, backward dW 48, loss and its
     gradient 4*3*4*2=96 elementwise bytes; layer 0's aggregate is stored, so reused: 192 in all, no transfers."""
     problem = tiny_problem()
-    prediction = cost.predict(SOLVERS["all_device"](problem), problem, UNIT)
+    prediction = cost.predict(solve(problem, "all_device"), problem, UNIT)
     assert prediction.compute_s == 192
     assert prediction.epoch_s == 192 and prediction.hidden_s == 0
     assert dict(prediction.link_bytes) == {"h2d": 0, "d2h": 0, "disk_read": 0, "disk_write": 0}
@@ -50,11 +53,33 @@ def test_unit_costs_add_up_by_hand():
     assert cost.predict(recomputed, problem, UNIT).compute_s == 192 + 2 * 6 * 2  # aggregate fwd + bwd each epoch
 
 
+def test_input_dropout_makes_the_layer0_aggregate_every_epoch_by_hand():
+    """The same 1-layer GCN with input dropout: the features change every epoch, so the aggregate (6 edges x 2
+    columns) and the masks of the 3 halo rows x 2 columns it reads (one mask entry a second here) are made every
+    epoch; storing agg0 saves only the backward's second aggregate, and the optimal plan stores it."""
+    problem = tiny_problem(input_dropout=True)
+    hw = dataclasses.replace(UNIT, dropout_mask_per_s=1.0)
+    assert cost.predict(solve(problem, "all_device"), problem, hw).compute_s == 192 + 12 + 6
+    recomputed = custom_plan(problem, {"graph": "device", "h0": "device", "agg0": "recompute", "grad_h1": "device"})
+    assert cost.predict(recomputed, problem, hw).compute_s == 192 + 2 * (12 + 6)
+    assert solve(problem, "optimal", hw).where("agg0") == "device"
+    hidden = tiny_problem(dims=(2, 3, 2), hidden_dropout=True)  # masks of h1 (4 x 3) forward and backward
+    plain = tiny_problem(dims=(2, 3, 2))
+    extra = cost.predict(solve(hidden, "all_device"), hidden, hw).compute_s
+    assert extra - cost.predict(solve(plain, "all_device"), plain, hw).compute_s == 2 * 4 * 3
+
+
+def test_input_dropout_lets_layer0_transform_first_when_that_narrows():
+    assert layer_orders(tiny_problem(dims=(8, 3))) == ("aggregate_first",)  # fixed features: aggregate once
+    assert layer_orders(tiny_problem(dims=(8, 3), input_dropout=True)) == ("transform_first",)
+    assert layer_orders(tiny_problem(dims=(2, 3), input_dropout=True)) == ("aggregate_first",)
+
+
 @pytest.mark.parametrize("overlap", [0.0, 0.5, 1.0])
 def test_epoch_is_compute_plus_unhidden_transfer(overlap):
     problem = tiny_problem(num_chunks=2)
     hw = Hardware(**{**RATES, "overlap": overlap})
-    prediction = cost.predict(SOLVERS["all_host"](problem), problem, hw)
+    prediction = cost.predict(solve(problem, "all_host"), problem, hw)
     transfer = sum(dict(prediction.link_bytes).values())  # unit bandwidths: seconds = bytes
     assert sum(dict(prediction.transfer_s).values()) == transfer > 0
     # each pass's first chunk fetches with nothing to hide behind: at P=2 half the overlap is usable
@@ -63,7 +88,7 @@ def test_epoch_is_compute_plus_unhidden_transfer(overlap):
     assert prediction.epoch_s + prediction.hidden_s == prediction.compute_s + transfer
     # one chunk: nothing to prefetch while it computes, so nothing is hidden (the engine prefetches only at P > 1)
     single = tiny_problem()
-    alone = cost.predict(SOLVERS["all_host"](single), single, hw)
+    alone = cost.predict(solve(single, "all_host"), single, hw)
     assert alone.hidden_s == 0 and alone.epoch_s == alone.compute_s + sum(dict(alone.transfer_s).values())
 
 
@@ -71,7 +96,7 @@ def test_gat_attention_uses_its_own_rate_per_edge_head_and_pass():
     """All on the device, each GAT layer runs one attention pass forward and one backward: halving the rate adds
     exactly 2 x layers x E x heads / rate seconds of compute."""
     problem = tiny_problem(kind="gat", dims=(4, 4, 2), heads=2)
-    plan = SOLVERS["all_device"](problem)
+    plan = solve(problem, "all_device")
     fast, slow = (Hardware(**{**RATES, "gat_edge_head_per_s": rate}) for rate in (2.0, 1.0))
     extra = cost.predict(plan, problem, slow).compute_s - cost.predict(plan, problem, fast).compute_s
     assert extra == pytest.approx(2 * 2 * problem.num_edges * problem.heads * (1 / 1.0 - 1 / 2.0))
@@ -81,14 +106,14 @@ def test_gat_attention_uses_its_own_rate_per_edge_head_and_pass():
     assert cost.attention_s(per_edge, 6, 2) == 6 / 3.0 + 6 * 2 / 2.0  # index work per edge, whatever the heads
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 def test_more_halo_rows_cost_more_and_a_faster_gather_less(kind):
     """Chunks gather and scatter-add their halo rows: the more distinct sources all chunks read, the longer the
     predicted epoch (the term that grows with P); a faster gather rate shortens it."""
     dims = (4, 4, 2)
     problem = tiny_problem(kind=kind, dims=dims, heads=2, num_chunks=2, sum_halo_rows=5, order_rule="aggregate_first")
     wider = tiny_problem(kind=kind, dims=dims, heads=2, num_chunks=2, sum_halo_rows=8, order_rule="aggregate_first")
-    plan = SOLVERS["all_device"](problem)
+    plan = solve(problem, "all_device")
     assert cost.predict(plan, wider, UNIT).compute_s > cost.predict(plan, problem, UNIT).compute_s
     fast_gather = Hardware(**{**RATES, "gather_bytes_per_s": 100.0})
     assert cost.predict(plan, problem, fast_gather).compute_s < cost.predict(plan, problem, UNIT).compute_s
@@ -102,13 +127,13 @@ def test_attention_fit_recovers_the_rates_that_made_the_runs():
     runs = []
     for heads in (1, 4):
         problem = tiny_problem(kind="gat", dims=(8, 8, 2), heads=heads, num_chunks=2)
-        plan = SOLVERS["all_device"](problem)
+        plan = solve(problem, "all_device")
         runs.append((cost.predict(plan, problem, truth).compute_s, plan, problem, {}))
-    fitted = calibrate._fit_attention(prior, runs)
+    fitted = probe._fit_attention(prior, runs)
     assert fitted.gat_edge_per_s == pytest.approx(7.0) and fitted.gat_edge_head_per_s == pytest.approx(3.0)
     # runs faster than the rest of the model explains cannot give a rate below zero: a quarter of the prior's
     # attention time is kept, all of it per edge and head
-    clipped = calibrate._fit_attention(prior, [(0.0, plan, problem, {}) for _, plan, problem, _ in runs])
+    clipped = probe._fit_attention(prior, [(0.0, plan, problem, {}) for _, plan, problem, _ in runs])
     assert clipped.gat_edge_per_s == 0 and clipped.gat_edge_head_per_s > 0
 
 
@@ -121,9 +146,9 @@ def test_compute_fit_recovers_the_rates_and_step_overhead_that_made_the_runs():
     runs = []
     for edges, count, halo in ((6, 2, 5), (40, 2, 7), (6, 4, 9)):
         problem = tiny_problem(dims=(4, 4, 2), num_edges=edges, num_chunks=count, sum_halo_rows=halo)
-        plan = SOLVERS["all_device"](problem)
+        plan = solve(problem, "all_device")
         runs.append((cost.predict(plan, problem, truth).compute_s, plan, problem, {}))
-    fitted = calibrate._fit_compute(prior, runs)
+    fitted = probe._fit_compute(prior, runs)
     for name in ("agg_edge_width_per_s", "matmul_flop_per_s", "memory_bytes_per_s", "gather_bytes_per_s",
                  "step_overhead_s"):
         assert getattr(fitted, name) == pytest.approx(getattr(truth, name)), name
@@ -138,32 +163,31 @@ def test_link_fit_recovers_bandwidth_and_per_transfer_latency():
     runs = []
     for count, halo in ((2, 5), (4, 9)):
         problem = tiny_problem(dims=(4, 4, 2), num_chunks=count, sum_halo_rows=halo)
-        plan = SOLVERS["all_host"](problem)
+        plan = solve(problem, "all_host")
         runs.append((cost.predict(plan, problem, truth).epoch_s, plan, problem, {}))
         assert simulate(plan, problem)["transfer_ops"] > 0
-    scale, fitted = calibrate._fit_links(prior, runs)
+    scale, fitted = probe._fit_links(prior, runs)
     assert scale == pytest.approx(2.0) and fitted.h2d_bytes_per_s == pytest.approx(0.5)
     assert fitted.transfer_op_s == pytest.approx(0.005)
 
 
 def test_predict_rejects_mismatched_chunk_count():
     problem = tiny_problem()
-    plan = SOLVERS["all_device"](tiny_problem(num_chunks=2))
+    plan = solve(tiny_problem(num_chunks=2), "all_device")
     with pytest.raises(ValueError, match="num_chunks"):
         cost.predict(plan, problem, UNIT)
 
 
 @settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from(["gcn", "sage", "gat"]), layers=st.integers(1, 3), seed=st.integers(0, 10**6),
+@given(kind=st.sampled_from(models.names()), layers=st.integers(1, 3), seed=st.integers(0, 10**6),
        order=st.sampled_from(["auto", "aggregate_first", "transform_first"]))
 def test_item_link_bytes_sum_to_simulate(kind, layers, seed, order):
     import random
 
     rng = random.Random(seed)
     n = rng.randint(2, 50)
-    problem = tiny_problem(kind=kind, dims=tuple(rng.randint(1, 9) * (2 if kind == "gat" else 1)
-                                                 for _ in range(layers + 1)),
-                           heads=2 if kind == "gat" else 1, num_nodes=n, num_edges=rng.randint(n, 5 * n),
+    heads = 2 if models.get(kind).family == "attention" else 1
+    problem = tiny_problem(kind=kind, dims=tuple(rng.randint(1, 9) * heads for _ in range(layers + 1)), heads=heads, num_nodes=n, num_edges=rng.randint(n, 5 * n),
                            sum_halo_rows=rng.randint(0, 3 * n), order_rule=order)
     orders = layer_orders(problem)
     placement = {item.name: rng.choice(item.tiers + (("recompute",) if item.recomputable else ()))

@@ -143,7 +143,7 @@ CORRUPTIONS = {
     "foreign json": (lambda p: (p / META_FILE).write_text("[1, 2]"), META_FILE, "not a 'flexgnn-graph'"),
     "newer version": (lambda p: _edit_meta(p, format_version=99), META_FILE, "format_version 99"),
     "truncated array": (lambda p: _truncate(p, "col"), "col.npy", "truncated or replaced"),
-    "truncated, size recorded": (lambda p: _truncate_and_record(p, "x"), "x.npy", "cannot be read as .npy"),
+    "truncated, size recorded": (lambda p: _truncate_and_record(p, "x"), "x.npy", "truncated or corrupt"),
     "wrong shape": (lambda p: _replace_array(p, "y", np.zeros(47, dtype=np.int64)), "y.npy", "shape"),
     "wrong dtype": (lambda p: _replace_array(p, "y", np.zeros(48, dtype=np.int32)), "y.npy", "dtype int32"),
     "pickled array": (lambda p: _replace_array(p, "y", np.array([{"a": 1}] * 48, dtype=object), True), "y.npy",
@@ -160,7 +160,7 @@ def test_corrupt_graph_names_file_and_fix(saved, corrupt, file, problem):
         load_graph(path)
     message = str(info.value)
     assert str(path / file) in message and problem in message
-    assert "regenerate or redownload" in message
+    assert "save_graph" in message and "delete" not in message  # the folder may be the user's only copy
 
 
 def test_inconsistent_content_names_the_field(saved):
@@ -169,7 +169,7 @@ def test_inconsistent_content_names_the_field(saved):
     labels = np.load(path / "y.npy")
     labels[0] = 99
     _replace_array(path, "y", labels)
-    with pytest.raises(GraphError, match=r"graph field 'y'.*labels outside \[-1, 4\).*regenerate or redownload"):
+    with pytest.raises(GraphError, match=r"graph field 'y'.*labels outside \[-1, 4\).*Fix: save the graph again"):
         load_graph(path)
 
 

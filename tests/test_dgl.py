@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from baselines import dgl_fullgraph, pyg_fullgraph
+from flexgnn_core import models
 from flexgnn_core.data.storage import save_graph
 from flexgnn_core.models import init_params
 from flexgnn_core.spec import ModelSpec, TrainSpec
@@ -40,6 +41,13 @@ def _assert_parity(model: ModelSpec, directed: bool = True, options: dict | None
     assert set(dgl_result.final_params) == set(params)
     assert dgl_result.peak_bytes["host"] > 0
     return dgl_result, pyg_result
+
+
+@pytest.mark.dgl
+@pytest.mark.parametrize("kind", models.names())
+def test_every_registered_model_matches_pyg(kind):
+    """Every model of the registry maps onto DGL's own layers (baselines/dgl_worker.py) with PyG's losses."""
+    _assert_parity(ModelSpec(kind=kind, num_layers=2, hidden=16, heads=2))
 
 
 @pytest.mark.dgl
@@ -75,17 +83,19 @@ def test_multi_head_gat_matches_pyg(num_layers):
         torch.testing.assert_close(dgl_result.final_params[name], value, rtol=0, atol=atol, msg=name)
 
 
-def test_missing_environment_fails_fast_with_the_creation_command(tmp_path):
+def test_missing_environment_with_auto_install_off_fails_fast_with_the_creation_command(tmp_path):
     graph = tricky_graph()
     model = ModelSpec(kind="gcn", num_layers=2, hidden=8)
     params = init_params(model, graph.num_features, graph.num_classes, seed=0)
     missing = tmp_path / "no-dgl-env"
+    options = {"env_dir": str(missing), "auto_install": False}
     with pytest.raises(dgl_fullgraph.DGLEnvironmentMissing) as error:
-        dgl_fullgraph.train(graph, model, params, TrainSpec(epochs=2, progress=False), {"env_dir": str(missing)})
+        dgl_fullgraph.train(graph, model, params, TrainSpec(epochs=2, progress=False), options)
     assert f"FLEXGNN_DGL_ENV={missing} bash scripts/make_dgl_env.sh" in str(error.value)
+    assert "auto_install=false" in str(error.value)
     assert not missing.exists()
     with pytest.raises(dgl_fullgraph.DGLEnvironmentMissing, match="bash scripts/make_dgl_env.sh"):
-        dgl_fullgraph.preflight({"env_dir": str(missing)})
+        dgl_fullgraph.preflight(options)
 
 
 def test_graph_dir_holding_another_graph_is_rejected(tmp_path):
@@ -102,5 +112,9 @@ def test_graph_dir_holding_another_graph_is_rejected(tmp_path):
 def test_unknown_option_is_rejected_with_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['env'\].*env_dir"):
         dgl_fullgraph.parse_options({"env": "/tmp/x"})
-    parsed = dgl_fullgraph.parse_options({"device_budget_bytes": None, "disk_dir": "/data/tmp"})
+    with pytest.raises(ValueError, match="option auto_install='no' must be true, false or null"):
+        dgl_fullgraph.parse_options({"auto_install": "no"})
+    parsed = dgl_fullgraph.parse_options({"disk_dir": "/data/tmp"})  # its one hardware key (HARDWARE_KEYS)
     assert parsed["env_dir"] is None and parsed["disk_dir"] == "/data/tmp"
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['device_budget_bytes'\]"):  # the harness never
+        dgl_fullgraph.parse_options({"device_budget_bytes": 2**30})  # passes a budget to a system without one

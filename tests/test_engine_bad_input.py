@@ -1,4 +1,5 @@
-"""Bad input to the FlexGNN engine fails early with errors that name the field and the fix, and leaves no files."""
+"""Bad input to the FlexGNN system fails early with errors that name the field and the fix, and leaves no files;
+a budget no plan fits is an ``infeasible`` result naming the minimum, not an exception."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 import pytest
 import torch
 
-from flexgnn_core import engine
+from flexgnn_core import system
 from flexgnn_core.models import init_params
 from flexgnn_core.spec import ModelSpec, TrainSpec
 from graphs import tricky_graph
@@ -20,13 +21,14 @@ TRAIN = TrainSpec(epochs=2, warmup_epochs=0, progress=False, device="cpu")
 
 def _train(model=MODEL, **options):
     params = PARAMS if model is MODEL else init_params(model, GRAPH.num_features, GRAPH.num_classes, seed=0)
-    return engine.train(GRAPH, model, params, TRAIN, {"print_plan": False, **options})
+    return system.train(GRAPH, model, params, TRAIN, {"print_plan": False, **options})
 
 
 def test_budget_below_one_chunks_working_set_names_the_minimum():
-    with pytest.raises(ValueError, match=r"infeasible: .*minimum for P=4 with this placement: \d+ bytes") as info:
-        _train(policy="flexgnn_greedy", num_chunks=4, device_budget_bytes=1000)
-    minimum = int(re.search(r"minimum for P=4 with this placement: (\d+) bytes", str(info.value)).group(1))
+    refused = _train(policy="flexgnn_greedy", num_chunks=4, device_budget_bytes=1000)
+    assert refused.status == "infeasible" and not refused.epoch_losses and refused.plan["feasible"] is False
+    assert re.search(r"infeasible: .*minimum for P=4 with this placement: \d+ bytes", refused.reason)
+    minimum = int(re.search(r"minimum for P=4 with this placement: (\d+) bytes", refused.reason).group(1))
     result = _train(policy="all_host", num_chunks=4, device_budget_bytes=minimum)  # the named minimum suffices
     assert result.tier_peak_bytes["device"] <= minimum and result.extra["device_within_budget"]
 
@@ -44,9 +46,10 @@ def test_disk_files_removed_after_training(tmp_path):
     assert result.io_bytes["disk_write"] > 0 and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("num_chunks", [0, 25, 2.5])
-def test_num_chunks_outside_one_to_num_nodes_is_rejected(num_chunks):
-    with pytest.raises(ValueError, match=r"num_chunks=.* must be an integer in \[1, num_nodes=24\]"):
+@pytest.mark.parametrize("num_chunks, fix", [(0, "raise it to at least 1"), (25, "lower it to at most num_nodes=24"),
+                                             (2.5, "give a whole number")])
+def test_num_chunks_outside_one_to_num_nodes_is_rejected(num_chunks, fix):
+    with pytest.raises(ValueError, match=rf"num_chunks=.* must be an integer in \[1, num_nodes=24\]; {fix}"):
         _train(num_chunks=num_chunks)
 
 
@@ -56,7 +59,7 @@ def test_one_vertex_per_chunk_is_allowed():
 
 def test_unknown_policy_lists_policies():
     with pytest.raises(ValueError, match="policy 'fast' is unknown; valid: all_device, all_host, all_disk, recompute, "
-                                         "flexgnn_greedy"):
+                                         "flexgnn_greedy, hongtu_like, optimal, optimal_p"):
         _train(policy="fast")
 
 
@@ -74,16 +77,22 @@ def test_custom_plan_with_unknown_intermediate_or_tier_lists_valid_ones():
     ({"reorder": "random"}, "reorder='random' is unknown; valid: none, rcm, metis"),
     ({"order": "backwards"}, "order='backwards' is unknown; valid: auto, aggregate_first, transform_first"),
     ({"chunk_size": 3}, "unknown flexgnn option.*chunk_size; valid: policy, num_chunks"),
-    ({"device_budget_bytes": -5}, "device_budget_bytes=-5 must be a positive integer number of bytes or None"),
+    ({"device_budget_bytes": -5}, "hardware.device_budget_bytes=-5 must be a positive integer number of bytes or None"),
 ])
 def test_bad_options_name_the_field(options, message):
     with pytest.raises(ValueError, match=message):
         _train(**options)
 
 
-def test_dropout_is_rejected_rather_than_silently_ignored():
-    with pytest.raises(ValueError, match="dropout=0.5: the flexgnn engine supports dropout=0 only"):
-        _train(model=ModelSpec(kind="gcn", num_layers=2, hidden=8, dropout=0.5))
+@pytest.mark.parametrize("fields, message", [
+    ({"attention_dropout": 0.5}, r"model.attention_dropout=0.5 applies to attention models only .*leave it null"),
+    ({"dropout": 1.0}, r"model.dropout must be in \[0, 1\), got 1.0"),
+    ({"input_dropout": -0.1}, r"model.input_dropout must be in \[0, 1\), got -0.1"),
+    ({"weight_decay": -1e-4}, r"model.weight_decay must be a number >= 0, got -0.0001"),
+])
+def test_bad_dropout_and_weight_decay_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        _train(model=ModelSpec(kind="gcn", num_layers=2, hidden=8, **fields))
 
 
 def test_caller_params_are_not_modified():

@@ -1,9 +1,11 @@
-"""Exactness of the FlexGNN engine (the contract): chunked, tiered, recomputed training equals the PyG baseline.
+"""Exactness of the FlexGNN system (the contract): chunked, tiered, recomputed training equals the PyG baseline.
 
 With the shared initial weights, per-epoch losses over 4 Adam epochs and the final weights must match PyG's
-in-memory training (``baselines/pyg_fullgraph.py``, sparse CSR path) within 1e-5 relative (fp32; parameters
-also with a 1e-6 absolute floor), on ``tricky_graph`` (isolated vertices, vertices without in-edges, hubs,
-directed edges), for GCN, SAGE and GAT (2 and 3 layers, 2 heads), P from 1 to one vertex per chunk, every policy.
+in-memory training (``baselines/pyg_fullgraph.py``) within 1e-5 relative (fp32; parameters also with a 1e-6
+absolute floor), on ``tricky_graph`` (isolated vertices, vertices without in-edges, hubs, directed edges), for
+every registered model (2 and 3 layers, 2 heads), P from 1 to one vertex per chunk, every registered solver (the
+cost-model solvers plan on a fixed datasheet profile, so no calibration runs and plans do not depend on this
+machine).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import pytest
 import torch
 
 from baselines import pyg_fullgraph
-from flexgnn_core import engine
+from flexgnn_core import models, system
+from flexgnn_core.engine import prepare
+from flexgnn_core.plan.problem import STAGING_THREADS, staging_bytes
 from flexgnn_core.models import init_params
-from flexgnn_core.plan import SOLVERS
+from flexgnn_core.plan.solvers import SOLVERS
 from flexgnn_core.spec import ModelSpec, TrainSpec
 from graphs import tricky_graph
 
@@ -54,26 +58,32 @@ def _assert_matches(result, reference) -> None:
 
 def _run(kind: str, layers: int, **options):
     params, reference = _reference(kind, layers)
-    result = engine.train(GRAPH, _model(kind, layers), params, TRAIN, {"print_plan": False, **options})
+    options = {"print_plan": False, "hardware": "h200", **options}
+    result = system.train(GRAPH, _model(kind, layers), params, TRAIN, options)
     return result, reference
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 @pytest.mark.parametrize("layers", [2, 3])
 @pytest.mark.parametrize("policy", sorted(SOLVERS))
 @pytest.mark.parametrize("num_chunks", [1, 5, 48])
 def test_every_policy_and_chunking_matches_pyg(kind, layers, policy, num_chunks):
     result, reference = _run(kind, layers, policy=policy, num_chunks=num_chunks)
     _assert_matches(result, reference)
-    assert result.plan["policy"] == policy and result.plan["num_chunks"] == num_chunks
+    assert result.plan["policy"] == policy
+    assert result.plan["num_chunks"] == num_chunks or policy == "optimal_p"  # optimal_p picks its own P
     predicted = result.plan["predicted_peak_bytes"]  # the simulator bounds what the engine accounts
     assert result.tier_peak_bytes["device"] <= predicted["device"]
     assert (result.tier_peak_bytes["host"], result.tier_peak_bytes["disk"]) == (predicted["host"], predicted["disk"])
     moved = sum(result.io_bytes.values())
-    assert (moved == 0) == (policy in ("all_device", "flexgnn_greedy", "recompute"))  # unlimited budget: no transfers
+    if policy in ("all_device", "flexgnn_greedy", "recompute"):  # unlimited budget: nothing leaves the device
+        assert moved == 0
+    if policy in ("all_host", "all_disk", "hongtu_like"):
+        assert moved > 0
+    # optimal may keep h0 off the device once agg0 is reused (steady-state free; test_solvers checks that)
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 @pytest.mark.parametrize("reorder", ["rcm", "metis"])
 def test_reordering_keeps_results_in_original_ids(kind, reorder):
     result, reference = _run(kind, 2, policy="all_host", num_chunks=4, reorder=reorder)
@@ -89,13 +99,22 @@ def test_both_operator_orders_match(kind, order):
     assert set(result.plan["orders"]) == {order}
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 def test_greedy_under_a_tight_budget_mixes_tiers_and_stays_within_it(kind, tmp_path):
-    unlimited, _ = _run(kind, 3, policy="all_device", num_chunks=8)
+    """70% of the all-device peak on the device, a tenth on the host beside the disk tier's staging buffers (host
+    memory held while anything is on disk), the rest on disk (a graph large enough for the three to differ)."""
+    graph = tricky_graph(num_nodes=600, num_features=16)
+    model = _model(kind, 3)
+    params = init_params(model, graph.num_features, graph.num_classes, seed=0)
+    reference = pyg_fullgraph.train(graph, model, params, TRAIN, {})
+    options = {"print_plan": False, "hardware": "h200", "num_chunks": 32, "disk_dir": str(tmp_path)}
+    unlimited = system.train(graph, model, params, TRAIN, {**options, "policy": "all_device"})
     need = unlimited.plan["predicted_peak_bytes"]["device"]
-    budget = int(need * 0.8)
-    result, reference = _run(kind, 3, policy="flexgnn_greedy", num_chunks=8, device_budget_bytes=budget,
-                             host_budget_bytes=int(need * 0.2), disk_dir=str(tmp_path))
+    budget = int(need * 0.7)
+    staging = STAGING_THREADS * staging_bytes(prepare(graph, model, params, 32).problem)
+    result = system.train(graph, model, params, TRAIN, {**options, "policy": "flexgnn_greedy",
+                                                        "device_budget_bytes": budget,
+                                                        "host_budget_bytes": int(need * 0.1) + staging})
     _assert_matches(result, reference)
     assert set(result.plan["placement"].values()) == {"device", "host", "disk"}
     assert result.tier_peak_bytes["device"] <= budget and result.extra["device_within_budget"]

@@ -68,8 +68,10 @@ def test_entry_point_prints_the_record_last_and_mlflow_lists_it(run_harness, har
 
 
 def test_tiny_speedup_sweep_nests_jobs_under_one_parent(run_harness, harness_dirs, mlflow_client):
-    # DGL's pinned environment is made absent: a sweep records those jobs as skipped (with the fix) and goes on.
+    # DGL's pinned environment is made absent and not to be created: a sweep records those jobs as skipped (with
+    # the fix) and goes on.
     harness_dirs.env["FLEXGNN_DGL_ENV"] = str(harness_dirs.root / "no-dgl-env")
+    harness_dirs.env["FLEXGNN_DGL_AUTO_INSTALL"] = "0"
     done = run_harness("+sweep=speedup", "+debug=fast", "system=pyg,dgl", "model=gcn,sage", "dataset.avg_degree=3")
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
@@ -95,6 +97,7 @@ def test_tiny_speedup_sweep_nests_jobs_under_one_parent(run_harness, harness_dir
 
 def test_single_run_of_an_unavailable_system_fails_with_the_fix(run_harness, harness_dirs):
     harness_dirs.env["FLEXGNN_DGL_ENV"] = str(harness_dirs.root / "no-dgl-env")
+    harness_dirs.env["FLEXGNN_DGL_AUTO_INSTALL"] = "0"
     done = run_harness("+debug=fast", "system=dgl")
     assert done.returncode == 1 and "make_dgl_env.sh" in done.stderr
     assert not (harness_dirs.runs_dir / "records").exists()

@@ -7,14 +7,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import pytest
-import torch
 
-from flexgnn_core import engine, plan
+from flexgnn_core import system
 from flexgnn_core.data import load_dataset
+from flexgnn_core.engine import prepare
 from flexgnn_core.models import init_params
-from flexgnn_core.spec import ModelSpec, PlanInfeasible, TrainSpec
+from flexgnn_core.plan import simulate
+from flexgnn_core.plan.solvers import solve
+from flexgnn_core.spec import ModelSpec, TrainSpec
 from harness.config import ConfigError, conf_dir, validate
 from harness.run import run
 from harness.tracking import count_jobs
@@ -29,13 +32,13 @@ def test_planner_sweep_composes_and_each_job_runs_its_planner(compose):
     params = {key: str(value).split(",") for key, value in cfg.hydra.sweeper.params.items()}
     assert params == {"repeat": ["0", "1"], "planner": PLANNERS, "model": ["gcn", "sage", "gat"],
                       "dataset.avg_degree": ["5", "25"],
-                      "system.device_budget_fraction": ["1.0", "0.5", "0.25", "0.0625"]}
+                      "hardware.device_budget_fraction": ["1.0", "0.5", "0.25", "0.0625"]}
     assert list(params)[0] == "repeat"  # slowest-varying: the whole grid runs once before any job repeats
     assert count_jobs(cfg) == 2 * 7 * 3 * 2 * 4
     assert (CONF / "sweep" / "planner.yaml").read_text().splitlines()[1] == "# python -m harness +sweep=planner"
     for name in PLANNERS:  # the planner group, not the system file's default policy, decides each job's solver
         settings = validate(compose(["+sweep=planner", f"planner={name}", "model=gat",
-                                     "system.device_budget_fraction=0.0625"]))
+                                     "hardware.device_budget_fraction=0.0625"]))
         assert settings.system_name == "flexgnn" and settings.system_options["policy"] == name
         assert settings.system_options["device_budget_fraction"] == 0.0625
         assert settings.system_options["num_chunks"] == 8 and "device_budget_bytes" not in settings.system_options
@@ -44,11 +47,11 @@ def test_planner_sweep_composes_and_each_job_runs_its_planner(compose):
 
 
 @pytest.mark.parametrize(("overrides", "field"), [
-    (["system.device_budget_fraction=0"], "system.device_budget_fraction"),
-    (["system.device_budget_fraction=1.5"], "system.device_budget_fraction"),
-    (["system.device_budget_fraction=-0.5"], "system.device_budget_fraction"),
-    (["system.device_budget_fraction=0.5", "hardware.device_budget_bytes=64MiB"],
-     "system.device_budget_fraction' and 'hardware.device_budget_bytes"),
+    (["hardware.device_budget_fraction=0"], "hardware.device_budget_fraction"),
+    (["hardware.device_budget_fraction=1.5"], "hardware.device_budget_fraction"),
+    (["hardware.device_budget_fraction=-0.5"], "hardware.device_budget_fraction"),
+    (["hardware.device_budget_fraction=0.5", "hardware.device_budget_bytes=64MiB"],
+     "hardware.device_budget_fraction=0.5 and hardware.device_budget_bytes=67108864 are both set"),
 ])
 def test_bad_budget_fraction_names_the_field_before_anything_is_recorded(compose, harness_dirs, overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", "[.]")) as caught:
@@ -58,8 +61,8 @@ def test_bad_budget_fraction_names_the_field_before_anything_is_recorded(compose
 
 
 def test_budget_fraction_that_is_not_a_number_fails_composition_naming_the_field(compose):
-    with pytest.raises(Exception, match="system.device_budget_fraction") as caught:
-        compose(["system=flexgnn", "system.device_budget_fraction=abc"])
+    with pytest.raises(Exception, match="hardware.device_budget_fraction") as caught:
+        compose(["system=flexgnn", "hardware.device_budget_fraction=abc"])
     assert "could not be converted to Float" in str(caught.value.__cause__ or caught.value)
 
 
@@ -70,7 +73,7 @@ TRAIN = TrainSpec(epochs=2, warmup_epochs=1, progress=False, device="cpu")
 
 
 def _train(**options):
-    return engine.train(GRAPH, MODEL, PARAMS, TRAIN, {"print_plan": False, "num_chunks": 4, **options})
+    return system.train(GRAPH, MODEL, PARAMS, TRAIN, {"print_plan": False, "num_chunks": 4, **options})
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -79,7 +82,7 @@ def _train(**options):
     ({"device_budget_fraction": "abc"}, r"device_budget_fraction='abc' must be a number in \(0, 1\]"),
     ({"device_budget_fraction": True}, r"device_budget_fraction=True must be a number"),
     ({"device_budget_fraction": 0.5, "device_budget_bytes": 10**6},
-     "device_budget_fraction=0.5 and device_budget_bytes=1000000 are both set"),
+     "device_budget_fraction=0.5 and hardware.device_budget_bytes=1000000 are both set"),
 ])
 def test_engine_rejects_bad_fractions(options, message):
     with pytest.raises(ValueError, match=message):
@@ -89,29 +92,30 @@ def test_engine_rejects_bad_fractions(options, message):
 def test_engine_resolves_the_fraction_against_the_all_device_peak_at_its_p():
     everything = _train(policy="all_device", device_budget_fraction=1.0)  # the whole peak: all-on-device fits
     budget = everything.extra["device_budget_bytes"]
-    unlimited = engine.Engine(GRAPH, MODEL, PARAMS, torch.device("cpu"), None,
-                              {**engine.DEFAULTS, "num_chunks": 4, "policy": "all_device"}).problem
-    assert budget == plan.simulate(plan.SOLVERS["all_device"](unlimited), unlimited)["peak_bytes"]["device"]
+    unlimited = prepare(GRAPH, MODEL, PARAMS, 4).problem
+    assert budget == simulate(solve(unlimited, "all_device"), unlimited)["peak_bytes"]["device"]
     assert everything.extra["device_budget_fraction"] == 1.0 and everything.extra["device_within_budget"]
     half = _train(policy="all_host", device_budget_fraction=0.5)
     assert half.extra["device_budget_bytes"] == math.ceil(0.5 * budget) and half.plan["device_budget_bytes"] == \
         half.extra["device_budget_bytes"]
-    with pytest.raises(PlanInfeasible, match=rf"plan 'all_device' is infeasible: .*device_budget_bytes="
-                                             rf"{math.ceil(0.5 * budget)}") as caught:
-        _train(policy="all_device", device_budget_fraction=0.5)
-    assert caught.value.plan["device_budget_bytes"] == math.ceil(0.5 * budget) and not caught.value.plan["feasible"]
+    refused = _train(policy="all_device", device_budget_fraction=0.5)
+    assert refused.status == "infeasible"
+    assert re.search(rf"plan 'all_device' is infeasible: .*device_budget_bytes={math.ceil(0.5 * budget)}",
+                     refused.reason)
+    assert refused.plan["device_budget_bytes"] == math.ceil(0.5 * budget) and not refused.plan["feasible"]
 
 
 def test_single_infeasible_run_exits_nonzero_with_the_reason(run_harness, harness_dirs, mlflow_client):
     harness_dirs.env["OMP_NUM_THREADS"] = "1"  # tiny kernels: 2 threads on a busy 2-core machine stall for seconds
-    done = run_harness("+debug=fast", "system=flexgnn", "planner=all_device", "system.device_budget_fraction=0.5")
+    done = run_harness("+debug=fast", "system=flexgnn", "planner=all_device", "hardware.device_budget_fraction=0.5",
+                       "system.num_chunks=4")  # a fixed P: with P free the planner would find one that fits
     assert done.returncode == 1 and done.stdout == ""
     assert "error: plan 'all_device' is infeasible: device needs" in done.stderr and "minimum for P=4" in done.stderr
     assert not (harness_dirs.runs_dir / "records").exists()  # a failure: only the job dir holds a record
     (job_record,) = harness_dirs.runs_dir.glob("hydra/*/record.json")
     assert json.loads(job_record.read_text())["status"] == "failed"
     (failed,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("flexgnn-bench").experiment_id])
-    assert failed.info.status == "FAILED" and "PlanInfeasible" in failed.data.tags["error"]
+    assert failed.info.status == "FAILED" and "is infeasible" in failed.data.tags["error"]
 
 
 def test_tiny_planner_sweep_records_infeasible_jobs_and_writes_the_planner_table(run_harness, harness_dirs,
@@ -119,10 +123,10 @@ def test_tiny_planner_sweep_records_infeasible_jobs_and_writes_the_planner_table
     harness_dirs.env["OMP_NUM_THREADS"] = "1"  # tiny kernels: 2 threads on a busy 2-core machine stall for seconds
     # A datasheet profile: plans that do not depend on this machine's calibration (nor measure one).
     done = run_harness("+sweep=planner", "+debug=fast", "repeat=0", "planner=all_device,optimal", "model=gcn",
-                       "dataset.avg_degree=5", "system.device_budget_fraction=1.0,0.5", "hardware.profile=h200")
+                       "dataset.avg_degree=5", "hardware.device_budget_fraction=1.0,0.5", "hardware.profile=h200")
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
-    outcome = {(r["config"]["planner"]["name"], r["config"]["system"]["device_budget_fraction"]):
+    outcome = {(r["config"]["planner"]["name"], r["config"]["hardware"]["device_budget_fraction"]):
                r["status"] for r in records}
     assert outcome == {("all_device", 1.0): "ok", ("all_device", 0.5): "infeasible", ("optimal", 1.0): "ok",
                        ("optimal", 0.5): "ok"}  # the sweep went on past the infeasible job

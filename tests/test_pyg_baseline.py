@@ -1,7 +1,8 @@
 """The PyG full-graph baseline against the dense plain-torch reference, and its ``train`` contract.
 
-Tolerances: forward, loss and gradients agree with ``baselines/reference.py`` within rtol 1e-5 / atol 1e-6 (fp32,
-different summation orders); the adjacency paths agree on per-epoch losses within rtol 1e-5.
+Tolerances: forward, loss and gradients agree with ``baselines/reference.py``'s formulas run in float64 within
+rtol 1e-5 and atol 1e-6 x the largest activation (fp32, different summation orders); the adjacency paths agree on
+per-epoch losses within rtol 1e-5.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from baselines import pyg_fullgraph, reference
+from flexgnn_core import models
+from flexgnn_core.kernels import activate
 from flexgnn_core.models import init_params
 from flexgnn_core.spec import Graph, ModelSpec, TrainSpec
 from graphs import tricky_graph  # tests/ is on sys.path under pytest (no __init__.py)
 
 CPU = torch.device("cpu")
-KINDS = ("gcn", "sage", "gat")
+KINDS = models.names()  # every registered model
 
 
 def small_model(kind: str, num_layers: int = 2, **overrides) -> ModelSpec:
@@ -37,12 +40,15 @@ def quiet_train(graph, model, params, epochs=3, seed=0, options=None, warmup_epo
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("directed", [True, False], ids=["directed", "undirected"])
 def test_forward_loss_and_gradients_match_reference(directed, kind, num_layers, path):
+    """PyG in fp32 against the dense reference in float64 (the truth, to fp32's eyes): the absolute tolerance is
+    1e-6 times the largest activation of the forward pass, since fp32 sums err in proportion to what they add up
+    (an unnormalised sum like GIN's reaches tens at tricky_graph's hubs; normalised models stay near 1)."""
     graph = tricky_graph(directed=directed)
     model = small_model(kind, num_layers)
     params = init_params(model, graph.num_features, graph.num_classes, seed=5)
 
-    ref_params = {name: value.clone().requires_grad_(True) for name, value in params.items()}
-    ref_logits = reference.forward(graph, model, ref_params)
+    ref_params = {name: value.double().requires_grad_(True) for name, value in params.items()}
+    ref_logits, scale = _float64_forward(graph, model, ref_params)
     ref_loss = F.cross_entropy(ref_logits[graph.train_mask], graph.y[graph.train_mask])
     ref_loss.backward()
 
@@ -53,11 +59,28 @@ def test_forward_loss_and_gradients_match_reference(directed, kind, num_layers, 
     loss = F.cross_entropy(logits[graph.train_mask], graph.y[graph.train_mask])
     loss.backward()
 
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    atol = 1e-6 * scale
+    torch.testing.assert_close(logits.double(), ref_logits, rtol=1e-5, atol=atol)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=atol)
     grads = dict(net.named_parameters())
     for name, value in ref_params.items():
-        torch.testing.assert_close(grads[name].grad, value.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[name].grad.double(), value.grad, rtol=1e-5, atol=atol,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def _float64_forward(graph: Graph, model: ModelSpec, params) -> tuple[torch.Tensor, float]:
+    """``baselines/reference.py``'s forward in float64, and the largest activation it met (at least 1)."""
+    kind, adj = models.get(model.kind), reference.dense_adjacency(graph).double()
+    h, scale = graph.x.double(), 1.0
+    for i in range(model.num_layers):
+        last = i == model.num_layers - 1
+        h = kind.reference_layer(adj, h, models.layer_view(params, i), last)
+        scale = max(scale, float(h.detach().abs().max()))
+        if not last:
+            h = activate(kind.activation, h)
+    torch.testing.assert_close(h.float(), reference.forward(graph, model, {k: v.float() for k, v in params.items()}),
+                               rtol=1e-4, atol=1e-5 * scale)  # the same formulas as the fp32 reference
+    return h, scale
 
 
 def test_reference_by_hand():
@@ -70,18 +93,22 @@ def test_reference_by_hand():
     adj = reference.dense_adjacency(graph)
     assert adj.tolist() == [[0, 0, 0], [1, 0, 0], [0, 0, 0]]
     # GCN: deg = [1, 2, 1]; vertex 1 = 1 / sqrt(1 * 2) + 2 / 2
-    gcn = reference.gcn_layer(adj, x, one, torch.zeros(1))
+    layer = lambda kind, **p: models.get(kind).reference_layer(adj, x, p, last=False)  # noqa: E731
+    gcn = layer("gcn", **{"lin.weight": one, "bias": torch.zeros(1)})
     torch.testing.assert_close(gcn.view(-1), torch.tensor([1.0, 2 ** -0.5 + 1.0, 3.0]))
     # SAGE: mean of in-neighbours (zeros when there are none) + 2 * root
-    sage = reference.sage_layer(adj, x, one, torch.zeros(1), 2 * one)
+    sage = layer("sage", **{"lin_l.weight": one, "lin_l.bias": torch.zeros(1), "lin_r.weight": 2 * one})
     torch.testing.assert_close(sage.view(-1), torch.tensor([2.0, 1.0 + 4.0, 6.0]))
     # GAT with zero attention vectors: uniform over in-neighbours and the self-loop
     zeros = torch.zeros(1, 1, 1)
-    gat = reference.gat_layer(adj, x, one, zeros, zeros, torch.zeros(1), concat=True)
+    gat = layer("gat", **{"lin.weight": one, "att_src": zeros, "att_dst": zeros, "bias": torch.zeros(1)})
     torch.testing.assert_close(gat.view(-1), torch.tensor([1.0, 1.5, 3.0]))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+# The learning claims below (every epoch lowers the loss, 70% train accuracy) hold for the normalised aggregators on
+# this hub-heavy graph; GIN's unnormalised sum without BatchNorm starts at loss 6 and ends near chance here
+# (measured), so its learning is checked on standardised features in tests/test_gin.py.
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
 def test_train_returns_a_sane_result(kind):
     graph = tricky_graph(num_nodes=64, directed=False, seed=2)
     noise = torch.randn(graph.num_nodes, graph.num_features, generator=torch.Generator().manual_seed(0))
@@ -102,7 +129,7 @@ def test_train_returns_a_sane_result(kind):
     assert all(0.0 <= acc <= 1.0 for acc in result.accuracy.values())
     assert result.accuracy["train"] >= 0.7  # 4 classes: chance is ~0.25
     assert result.timings_s["preprocess"] >= 0 and result.timings_s["eval"] > 0
-    assert result.extra["path"] == pyg_fullgraph.FASTEST_PATH[kind] and result.extra["path_option"] == "auto"
+    assert result.extra["path"] == models.get(kind).pyg_path and result.extra["path_option"] == "auto"
     assert set(result.final_params) == set(params)
     assert any(not torch.equal(result.final_params[name], params[name]) for name in params)
     for name, value in params.items():  # the caller's tensors are never modified
@@ -110,9 +137,10 @@ def test_train_returns_a_sane_result(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_training_losses_match_reference_adam(kind):
+@pytest.mark.parametrize("weight_decay", [0.0, 5e-2])
+def test_training_losses_match_reference_adam(kind, weight_decay):
     graph = tricky_graph(directed=True)
-    model = small_model(kind, 3)
+    model = small_model(kind, 3, weight_decay=weight_decay)
     params = init_params(model, graph.num_features, graph.num_classes, seed=1)
     result = quiet_train(graph, model, params, epochs=4)
     expected = reference.train_losses(graph, model, params, epochs=4)

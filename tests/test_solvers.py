@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flexgnn_core import cost, solvers
-from flexgnn_core.chunks import build_chunks, relabel_csr, reorder
-from flexgnn_core.cost import UNIT, Hardware
-from flexgnn_core.engine import model_graph
-from flexgnn_core.plan import _finish, fixed_device_bytes, intermediates, simulate, working_set_bytes
-from flexgnn_core.plan import Problem
+from flexgnn_core import models
+from flexgnn_core.engine.chunks import build_chunks, relabel_csr, reorder
+from flexgnn_core.plan import (Problem, cost, fixed_device_bytes, free_orders, intermediates, layer_orders, make_plan,
+                               simulate, working_set_bytes)
+from flexgnn_core.plan import chunking, solvers
+from flexgnn_core.plan.cost import UNIT, Hardware
 from graphs import tricky_graph
 
 # Rates of the order this 2-core machine measures (calibrate.py); fixed so that tests are deterministic.
@@ -25,9 +25,9 @@ HARDWARE = [UNIT, CPU_LIKE, GPU_LIKE]
 
 
 def random_problem(rng: random.Random, layers: int | None = None, budget_fraction: float | None = None) -> Problem:
-    kind = rng.choice(["gcn", "sage", "gat"])
+    kind = rng.choice(models.names())
     layers = layers or rng.randint(1, 3)
-    heads = 2 if kind == "gat" else 1
+    heads = 2 if models.get(kind).family == "attention" else 1
     n = rng.randint(4, 400)
     e = rng.randint(n, 8 * n)
     p = rng.randint(1, min(n, 8))
@@ -38,11 +38,13 @@ def random_problem(rng: random.Random, layers: int | None = None, budget_fractio
                       max_chunk_edges=min(e, -(-e // p) * 2), sum_halo_rows=min(n * p, halo * p),
                       graph_bytes=e * 52 + n * 24, param_bytes=rng.randint(10, 10_000) * 4,
                       order_rule=rng.choice(["auto", "auto", "aggregate_first", "transform_first"]))
-    everything = simulate(solvers.SOLVERS["all_device"](problem), problem)["peak_bytes"]["device"]
+    everything = simulate(solvers.solve(problem, "all_device"), problem)["peak_bytes"]["device"]
     fraction = budget_fraction if budget_fraction is not None else rng.choice([None, 1.0, 0.5, 0.25, 0.0625])
     budget = None if fraction is None else max(1, int(everything * fraction))
     host = rng.choice([None, None, max(1, int(everything * rng.random()))])
-    return Problem(**{**problem.__dict__, "device_budget_bytes": budget, "host_budget_bytes": host})
+    dropout = {"input_dropout": rng.random() < 0.3, "hidden_dropout": rng.random() < 0.3,
+               "attention_dropout": heads > 1 and rng.random() < 0.3}  # the masks' costs; agg0 made every epoch
+    return Problem(**{**problem.__dict__, "device_budget_bytes": budget, "host_budget_bytes": host, **dropout})
 
 
 def within_budget(plan, problem) -> bool:
@@ -61,10 +63,10 @@ def test_optimal_is_feasible_within_budget_and_never_slower_than_any_solver(seed
     problem = random_problem(random.Random(seed))
     best = solvers.make_optimal(hw)(problem)
     assert best.feasible == within_budget(best, problem)
-    for name, solve in solvers.SOLVERS.items():
+    for name in solvers.SOLVERS:
         if name.startswith("optimal"):
             continue
-        other = solve(problem)
+        other = solvers.solve(problem, name)
         assert other.feasible == within_budget(other, problem), name
         if other.feasible:
             assert best.feasible, f"{name} found a feasible plan, optimal did not"
@@ -76,7 +78,7 @@ def test_optimal_is_feasible_within_budget_and_never_slower_than_any_solver(seed
 def test_unlimited_budget_means_no_transfers(seed, hw):
     problem = random_problem(random.Random(seed), budget_fraction=None)
     problem = Problem(**{**problem.__dict__, "device_budget_bytes": None, "host_budget_bytes": None})
-    for plan in (solvers.make_optimal(hw)(problem), solvers.SOLVERS["flexgnn_greedy"](problem)):
+    for plan in (solvers.make_optimal(hw)(problem), solvers.solve(problem, "flexgnn_greedy")):
         assert plan.feasible
         assert all(nbytes == 0 for nbytes in simulate(plan, problem)["link_bytes"].values())
 
@@ -100,18 +102,16 @@ def test_tighter_budget_never_lowers_the_predicted_time(seed, hw):
 def brute_force(problem: Problem, hw: Hardware) -> float:
     """The least predicted epoch time over every order and placement (tiny problems only)."""
     layers = problem.num_layers
-    if problem.kind == "gat":
-        order_sets = [("transform_first",) * layers]
-    elif problem.order_rule == "auto":
+    if free_orders(problem):
         order_sets = list(itertools.product(("aggregate_first", "transform_first"), repeat=layers))
     else:
-        order_sets = [(problem.order_rule,) * layers]
+        order_sets = [layer_orders(problem)]
     best = float("inf")
     for orders in order_sets:
         items = intermediates(problem, orders)
         options = [item.tiers + (("recompute",) if item.recomputable else ()) for item in items]
         for choice in itertools.product(*options):
-            plan = _finish("brute", problem, orders, dict(zip((item.name for item in items), choice)))
+            plan = make_plan("brute", problem, orders, dict(zip((item.name for item in items), choice)))
             if plan.feasible:
                 best = min(best, predicted(plan, problem, hw))
     return best
@@ -141,23 +141,24 @@ def test_optimal_equals_brute_force_on_two_gcn_layers():
         assert_optimal_is_brute_force(problem, CPU_LIKE)
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 def test_optimal_equals_brute_force_with_partial_overlap_and_pair_terms(kind):
     """CPU calibrations now measure an overlap strictly between 0 and 1, and a layer input's traffic depends on
     whether its aggregate or transform is recomputed (the MILP's product variables): still exact."""
     hw = Hardware(**{**CPU_LIKE.__dict__, "overlap": 0.6})
     rng = random.Random(11)
-    for layers in (1, 2) if kind != "gat" else (1,):
+    attention = models.get(kind).family == "attention"
+    for layers in (1, 2) if not attention else (1,):
         problem = random_problem(rng, layers=layers, budget_fraction=0.5)
-        problem = Problem(**{**problem.__dict__, "kind": kind, "heads": 2 if kind == "gat" else 1,
+        problem = Problem(**{**problem.__dict__, "kind": kind, "heads": 2 if attention else 1,
                              "dims": tuple(2 * d for d in problem.dims), "order_rule": "auto"})
         assert_optimal_is_brute_force(problem, hw)
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 def test_eight_layers_with_chunk_search_solve_in_under_a_second(kind):
     problem = random_problem(random.Random(1), layers=8, budget_fraction=0.25)
-    problem = Problem(**{**problem.__dict__, "kind": kind, "heads": 2 if kind == "gat" else 1,
+    problem = Problem(**{**problem.__dict__, "kind": kind, "heads": 2 if models.get(kind).family == "attention" else 1,
                          "dims": (128,) + (256,) * 7 + (40,), "num_nodes": 200_000, "num_edges": 2_000_000,
                          "sum_halo_rows": 300_000, "max_halo_rows": 90_000, "max_chunk_rows": 50_000,
                          "max_chunk_edges": 500_000, "num_chunks": 4, "graph_bytes": 100_000_000,
@@ -166,9 +167,9 @@ def test_eight_layers_with_chunk_search_solve_in_under_a_second(kind):
     # CPU seconds of this process (every solver thread counted): what the solver costs, independent of other
     # processes sharing the cores, which made the wall clock exceed the bound under a loaded test run.
     start = time.process_time()
-    plan = solvers.make_optimal(GPU_LIKE, solvers.estimate_chunk_stats(problem))(problem)
+    plan = solvers.make_optimal(GPU_LIKE, chunking.estimate_chunk_stats(problem))(problem)
     assert time.process_time() - start < 1.0
-    assert plan.feasible and plan.num_chunks in solvers.CHUNK_COUNTS
+    assert plan.feasible and plan.num_chunks in chunking.CHUNK_COUNTS
 
 
 def test_budget_below_the_working_set_is_an_infeasible_value_giving_the_minimum():
@@ -183,10 +184,14 @@ def test_budget_below_the_working_set_is_an_infeasible_value_giving_the_minimum(
 @pytest.mark.parametrize("field,value", [("device_budget_bytes", -5), ("host_budget_bytes", "1GB"),
                                          ("device_budget_bytes", 0)])
 def test_bad_budget_names_the_field(field, value):
-    problem = Problem(**{**random_problem(random.Random(0)).__dict__, field: value})
-    for solve in (solvers.make_optimal(UNIT), solvers.hongtu_like):
-        with pytest.raises(ValueError, match=field):
-            solve(problem)
+    with pytest.raises(ValueError, match=f"hardware.{field}"):  # validated once, where a Problem is made
+        Problem(**{**random_problem(random.Random(0)).__dict__, field: value})
+
+
+def test_cost_model_solvers_refuse_to_plan_without_rates():
+    for name in solvers.NEEDS_HARDWARE:
+        with pytest.raises(ValueError, match=f"solver '{name}' plans with a cost model and needs hardware rates"):
+            solvers.solve(random_problem(random.Random(0)), name)
 
 
 def test_unknown_solver_lists_the_solvers():
@@ -196,23 +201,24 @@ def test_unknown_solver_lists_the_solvers():
 
 def test_hongtu_like_keeps_vertex_data_on_host_and_recomputes_aggregates():
     problem = random_problem(random.Random(5))
-    plan = solvers.hongtu_like(problem)
+    plan = solvers.solve(problem, "hongtu_like")
     for item in intermediates(problem, plan.orders):
         if item.name != "graph":
             assert plan.where(item.name) == ("recompute" if item.recomputable else "host")
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("kind", models.names())
 @pytest.mark.parametrize("method", ["none", "metis"])
 def test_chunk_stats_match_the_engine_chunks(kind, method):
     graph = tricky_graph(num_nodes=60)
     order = reorder(graph.rowptr, graph.col, method, 4)
     rowptr, col = relabel_csr(graph.rowptr, graph.col, order)
-    rowptr, col, values = model_graph(rowptr, col, kind)
-    stats = solvers.chunk_stats(rowptr, col, kind, [1, 3, 4, 7, 60, 61])
+    rowptr, col, values = models.get(kind).aggregation(rowptr, col)
+    attention = models.get(kind).family == "attention"
+    stats = chunking.chunk_stats(rowptr, col, attention, [1, 3, 4, 7, 60, 61])
     assert sorted(stats) == [1, 3, 4, 7, 60]
     for count, got in stats.items():
-        chunks = build_chunks(rowptr, col, values, count, self_loops=kind == "gat")
+        chunks = build_chunks(rowptr, col, values, count, self_loops=attention)
         assert got == {"max_chunk_rows": max(c.rows for c in chunks),
                        "max_halo_rows": max(int(c.halo.numel()) for c in chunks),
                        "max_chunk_edges": max(c.num_edges for c in chunks),
@@ -222,8 +228,8 @@ def test_chunk_stats_match_the_engine_chunks(kind, method):
 
 def test_estimated_chunk_stats_keep_the_problem_and_grow_the_halo_with_p():
     problem = random_problem(random.Random(11))
-    stats = solvers.estimate_chunk_stats(problem, (1, 2, 4, 8, 16))
-    assert stats[problem.num_chunks] == {name: getattr(problem, name) for name in solvers.STAT_FIELDS}
+    stats = chunking.estimate_chunk_stats(problem, (1, 2, 4, 8, 16))
+    assert stats[problem.num_chunks] == {name: getattr(problem, name) for name in chunking.STAT_FIELDS}
     counts = sorted(c for c in stats if c != problem.num_chunks)
     rows = [stats[c]["max_chunk_rows"] for c in counts]
     assert rows == sorted(rows, reverse=True)
@@ -244,13 +250,15 @@ def test_every_planner_file_names_a_known_solver():
         assert yaml.safe_load(path.read_text())["name"] == path.stem
     for name in calibrate.PROFILES:  # hardware.profile=<name> in the harness
         assert calibrate.profile(name).source == "datasheet"
-    assert solvers.hardware_for("h100").name == "h100-pcie5-nvme4"
+    from flexgnn_core.system import hardware_for
+
+    assert hardware_for("h100", torch.device("cpu")).name == "h100-pcie5-nvme4"
 
 
-def test_the_engine_runs_the_optimal_plan_and_matches_the_all_device_losses(monkeypatch):
-    """Registered at run time (the way bench/planner_quality.py does it), ``optimal`` under a tight budget picks
-    per-layer orders and placements the engine executes; training is exact, so the losses match all-device."""
-    from flexgnn_core import engine, plan
+def test_the_engine_runs_the_optimal_plan_and_matches_the_all_device_losses():
+    """``optimal`` on given rates under a tight budget picks per-layer orders and placements the engine executes;
+    training is exact, so the losses match all-device."""
+    from flexgnn_core import system
     from flexgnn_core.models import init_params
     from flexgnn_core.spec import ModelSpec, TrainSpec
 
@@ -258,15 +266,13 @@ def test_the_engine_runs_the_optimal_plan_and_matches_the_all_device_losses(monk
     model = ModelSpec(kind="gcn", num_layers=3, hidden=16)
     params = init_params(model, graph.num_features, graph.num_classes, seed=0)
     spec = TrainSpec(epochs=3, warmup_epochs=1, seed=0, device="cpu", progress=False)
-    monkeypatch.setitem(plan.SOLVERS, "optimal", solvers.make_optimal(CPU_LIKE))
-    with solvers.using_hardware(CPU_LIKE):  # an engine that predicts plans with these rates, not a calibration
-        reference = engine.train(graph, model, params, spec, {"policy": "all_device", "num_chunks": 3,
-                                                              "print_plan": False})
-        budget = int(reference.tier_peak_bytes["device"] * 0.93)  # above the working set, below all-device
-        result = engine.train(graph, model, params, spec, {"policy": "optimal", "num_chunks": 3,
-                                                           "print_plan": False, "device_budget_bytes": budget})
+    options = {"num_chunks": 3, "print_plan": False, "hardware": CPU_LIKE}
+    reference = system.train(graph, model, params, spec, {**options, "policy": "all_device"})
+    budget = int(reference.tier_peak_bytes["device"] * 0.93)  # above the working set, below all-device
+    result = system.train(graph, model, params, spec, {**options, "policy": "optimal", "device_budget_bytes": budget})
     assert result.plan["policy"] == "optimal" and result.plan["feasible"]
     assert any(where != "device" for where in result.plan["placement"].values())
     assert result.tier_peak_bytes["device"] <= budget
+    assert result.extra["hardware"] == {"name": "cpu-like", "source": "measured"}
     torch.testing.assert_close(torch.tensor(result.epoch_losses), torch.tensor(reference.epoch_losses),
                                rtol=1e-4, atol=1e-6)

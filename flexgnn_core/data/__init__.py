@@ -8,9 +8,10 @@
   folders, default ``data``), ``download`` (default False; needs internet), ``mmap`` (default True), ``url``
   (a mirror of OGB's zip). Cached in our on-disk format after the first load (``flexgnn_core.data.ogb``).
 - ``"files"``: options ``edges``, ``features``, ``labels``, then ``train_idx``/``val_idx``/``test_idx`` or
-  ``train_frac``/``val_frac``/``split_seed``, and ``num_classes``, ``symmetrize``, ``name``
+  ``train_frac``/``val_frac``/``split_seed``, and ``num_classes``, ``symmetrize``, ``name``, ``allow_empty``
   (formats in ``flexgnn_core.data.files``).
-- ``"saved"``: options ``path`` (a directory written by ``save_graph``) and ``mmap`` (default True).
+- ``"saved"``: options ``path`` (a directory written by ``save_graph``), ``mmap`` (default True) and
+  ``allow_empty`` (default False: a graph without edges is refused).
 
 Unknown names and unknown options raise ``ValueError`` listing the valid ones; bad values raise errors naming the
 option and the fix.
@@ -58,7 +59,7 @@ def load_dataset(name: str, **options: Any) -> Graph:
     missing = [p for p, spec in parameters.items() if spec.default is inspect.Parameter.empty and p not in options]
     if missing:
         raise ValueError(f"dataset '{name}': missing required option(s) {', '.join(missing)}")
-    for option in ("download", "mmap", "symmetrize"):
+    for option in ("download", "mmap", "symmetrize", "allow_empty"):
         if option in options and not isinstance(options[option], bool):
             raise ValueError(f"dataset '{name}' option '{option}' must be true or false, got {options[option]!r}")
     return loader(**options)

@@ -11,9 +11,13 @@ Inputs (paths; ``.npy`` files are read with ``allow_pickle=False``, so nothing i
 - split, either ``train_idx``, ``val_idx``, ``test_idx``: three ``.npy`` files of vertex indices (or boolean masks of
   length N), or ``train_frac`` / ``val_frac`` with ``split_seed``: a seeded random split of the labelled vertices
   (the rest is the test split). The two ways cannot be mixed.
-- ``num_classes``: inferred as ``max(label) + 1`` when not given.
+- ``num_classes``: inferred as ``max(label) + 1`` when not given; at most the number of vertices either way.
 - ``symmetrize`` (default True): add the reverse of every edge, as for the OGB graphs; set False for a directed
   graph. Self-loops and duplicate edges are always removed (``build_csr``).
+- ``allow_empty`` (default False): a graph with no edges left after cleaning is refused unless this is True.
+
+Refused with an error naming the option: split files that share vertices, ``.npy`` headers declaring more data than
+the file holds, vertex ids beyond int64 in a text edge list.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flexgnn_core.data.checks import class_count_problem, npy_size_problem, overlapping_splits
 from flexgnn_core.data.clean import build_csr
 from flexgnn_core.spec import Graph, GraphError
 
@@ -39,6 +44,9 @@ def _load_npy(option: str, path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise _bad(option, path, "file not found", "pass the path of an existing .npy file")
+    problem = npy_size_problem(path)
+    if problem:
+        raise _bad(option, path, problem, "rewrite it with np.save(path, array)")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as err:  # object arrays need pickle, which we never allow
@@ -46,6 +54,9 @@ def _load_npy(option: str, path) -> np.ndarray:
                    "save a plain numeric array with np.save(path, array)") from err
     except (OSError, EOFError) as err:
         raise _bad(option, path, f"cannot be read as .npy ({err})", "rewrite it with np.save") from err
+    except MemoryError as err:
+        raise _bad(option, path, f"does not fit in memory ({err})", "use a smaller graph or a machine with more "
+                   "memory") from err
 
 
 def _read_edge_text(path: Path) -> np.ndarray:
@@ -59,6 +70,9 @@ def _read_edge_text(path: Path) -> np.ndarray:
     try:
         frame = pd.read_csv(path, sep=sep, header=0 if has_header else None, comment="#", dtype=np.int64,
                             skip_blank_lines=True)
+    except OverflowError as err:
+        raise _bad("edges", path, "a vertex id does not fit in a 64-bit integer",
+                   "use 0-based vertex ids, one per feature row") from err
     except (ValueError, pd.errors.ParserError) as err:
         raise _bad("edges", path, f"is not two integer columns ({err})",
                    "write one 'source,destination' pair of vertex ids per line") from err
@@ -124,6 +138,9 @@ def _split_from_files(paths: dict[str, Any], num_nodes: int) -> list[torch.Tenso
                            f"{index.max()}", "use ids of existing vertices (rows of the features)")
             mask[torch.from_numpy(index.astype(np.int64))] = True
         masks.append(mask)
+    for a, b, shared in overlapping_splits(dict(zip(paths, masks))):
+        raise _bad(b, paths[b], f"shares {shared} vertices with {a} ({paths[a]}); validation and test accuracy "
+                   "would count training vertices", f"make {', '.join(paths)} disjoint")
     return masks
 
 
@@ -148,7 +165,7 @@ def _split_from_fractions(labels: np.ndarray, train_frac, val_frac, seed) -> lis
 
 def load_files(edges, features, labels, train_idx=None, val_idx=None, test_idx=None, train_frac=None,
                val_frac=None, split_seed: int = 0, num_classes: int | None = None, symmetrize: bool = True,
-               name: str | None = None) -> Graph:
+               name: str | None = None, allow_empty: bool = False) -> Graph:
     """Build a cleaned ``Graph`` from user files (formats in the module docstring)."""
     index_files = {"train_idx": train_idx, "val_idx": val_idx, "test_idx": test_idx}
     given = [k for k, v in index_files.items() if v is not None]
@@ -183,8 +200,15 @@ def load_files(edges, features, labels, train_idx=None, val_idx=None, test_idx=N
         if num_classes < 2:
             raise _bad("labels", labels, f"only {num_classes} class(es) present", "label at least two classes, or "
                        "give num_classes")
+        if class_count_problem(num_classes, num_nodes):
+            raise _bad("labels", labels, f"maximum label {y.max()} means "
+                       f"{class_count_problem(num_classes, num_nodes)}, more classes than vertices",
+                       "number the classes 0..C-1 (e.g. np.unique(labels, return_inverse=True)[1])")
     elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise _bad("num_classes", None, f"{num_classes!r} is not an integer >= 2", "give the class count")
+    elif class_count_problem(num_classes, num_nodes, int(y.max())):
+        raise _bad("num_classes", None, class_count_problem(num_classes, num_nodes, int(y.max())),
+                   "lower num_classes to the number of classes in the labels")
     if y.max() >= num_classes:
         raise _bad("labels", labels, f"maximum label {y.max()} is not below num_classes={num_classes}",
                    "use class ids 0..num_classes-1 or raise num_classes")
@@ -195,6 +219,10 @@ def load_files(edges, features, labels, train_idx=None, val_idx=None, test_idx=N
             raise _bad("edges", edges, f"{end} vertex id out of range [0, {num_nodes}): min {ids.min()}, max "
                        f"{ids.max()}", "use 0-based ids of feature rows, or add feature rows for those vertices")
     rowptr, col = build_csr(src, dst, num_nodes, symmetrize=symmetrize)
+    if col.numel() == 0 and not allow_empty:
+        raise _bad("edges", edges, f"no edges left ({src.size} read; self-loops and duplicates are removed), so "
+                   "training would ignore the graph", "give a non-empty edge list, or set allow_empty=true "
+                   "(dataset.allow_empty=true) if a graph without edges is intended")
 
     if given:
         masks = _split_from_files(index_files, num_nodes)

@@ -183,8 +183,9 @@ def load_ogb(name: str, root="data", download: bool = False, mmap: bool = True, 
     root = Path(root)
     dataset_dir = root / "_".join(name.split("-"))  # ogb's folder name, e.g. ogbn_arxiv
     cache = dataset_dir / CACHE_DIR
+    cache_fix = f"delete {cache}, this loader's converted copy of the raw files; the next load rebuilds it"
     if (cache / META_FILE).is_file():
-        return load_graph(cache, mmap=mmap)
+        return load_graph(cache, mmap=mmap, fix=cache_fix)
     missing = [p for p in _required_files(dataset_dir, meta) if not p.is_file()]
     if missing and not download:
         raise DatasetFilesMissing(_missing_message(name, dataset_dir, meta, missing, "raw files not found and "
@@ -207,4 +208,4 @@ def load_ogb(name: str, root="data", download: bool = False, mmap: bool = True, 
         raise GraphError(f"dataset '{name}' from {dataset_dir}: {err}. The raw files look corrupt: delete "
                          f"{dataset_dir} and download again") from err
     save_graph(graph, cache)
-    return load_graph(cache, mmap=mmap) if mmap else graph
+    return load_graph(cache, mmap=mmap, fix=cache_fix) if mmap else graph

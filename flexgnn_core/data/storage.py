@@ -12,6 +12,10 @@ Layout of a graph directory::
 
 Arrays are read with ``np.load(mmap_mode="r", allow_pickle=False)``: nothing is ever unpickled, and a graph larger
 than RAM is paged in on demand. The tensors wrap the read-only maps without copying; write to a ``.clone()``.
+Every field of ``graph.json`` is type-checked and every ``.npy`` header against its file size; the splits must be
+disjoint, and a graph without edges is refused unless ``allow_empty``.
+Errors name the file and field; the fix never suggests deleting the directory, which may be the user's own data
+(a loader that owns its cache, as the OGB loader does, says so itself).
 ``save_graph`` writes into a temporary sibling directory and renames it into place, so an interrupted save never
 leaves a directory that loads.
 
@@ -32,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flexgnn_core.data.checks import SPLITS, npy_size_problem, overlapping_splits
 from flexgnn_core.spec import Graph, GraphError
 
 FORMAT = "flexgnn-graph"
@@ -46,8 +51,13 @@ class GraphFileError(GraphError):
 
 
 def _corrupt(file: Path, problem: str) -> GraphFileError:
-    return GraphFileError(f"on-disk graph file {file}: {problem}. Fix: regenerate or redownload the graph (delete "
-                          f"the directory {file.parent} and rerun; dataset loaders rebuild their cache)")
+    return GraphFileError(f"on-disk graph file {file}: {problem}")
+
+
+def user_fix(path: Path) -> str:
+    """The fix for a bad graph directory the user made: write it again; it is theirs, so nothing deletes it."""
+    return (f"save the graph again from its source with flexgnn_core.data.save_graph(graph, '{path}'), or restore "
+            "the file from a copy (this folder is yours: the harness never removes or rewrites it)")
 
 
 def _is_graph_dir(path: Path) -> bool:
@@ -134,7 +144,40 @@ def read_meta(path) -> dict[str, Any]:
     missing = [key for key in ("name", "num_classes", "arrays") if key not in meta]
     if missing or not isinstance(meta["arrays"], dict) or set(meta["arrays"]) != set(ARRAYS):
         raise _corrupt(meta_path, f"lacks required entries (missing: {missing or 'arrays ' + str(sorted(ARRAYS))})")
+    _check_meta_types(meta_path, meta)
     return meta
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_meta_types(meta_path: Path, meta: dict[str, Any]) -> None:
+    """Each field of ``graph.json`` has the type ``save_graph`` writes; the error names the field."""
+    def bad(field: str, expected: str) -> GraphFileError:
+        value = meta
+        for key in field.split("."):
+            value = value[key]
+        return _corrupt(meta_path, f"field '{field}' is {type(value).__name__} {str(value)[:80]!r}, "
+                        f"expected {expected}")
+
+    if not isinstance(meta["name"], str) or not meta["name"]:
+        raise bad("name", "a non-empty string")
+    if not _is_count(meta["num_classes"]):
+        raise bad("num_classes", "an integer")
+    for key in ("num_nodes", "num_edges", "num_features"):
+        if key in meta and not _is_count(meta[key]):
+            raise bad(key, "a non-negative integer")
+    if meta.get("provenance") is not None and not isinstance(meta["provenance"], dict):
+        raise bad("provenance", "an object")
+    for name, entry in meta["arrays"].items():
+        if not isinstance(entry, dict):
+            raise bad(f"arrays.{name}", "an object with file, dtype, shape and bytes")
+        if not isinstance(entry.get("shape"), list) or not all(_is_count(n) for n in entry["shape"]):
+            raise _corrupt(meta_path, f"field 'arrays.{name}.shape' is {entry.get('shape')!r}, expected a list of "
+                           "non-negative integers")
+        if not _is_count(entry.get("bytes")):
+            raise _corrupt(meta_path, f"field 'arrays.{name}.bytes' is {entry.get('bytes')!r}, expected an integer")
 
 
 def _read_array(path: Path, name: str, entry: dict[str, Any], mmap: bool) -> np.ndarray:
@@ -145,10 +188,15 @@ def _read_array(path: Path, name: str, entry: dict[str, Any], mmap: bool) -> np.
     if size != entry.get("bytes"):
         raise _corrupt(file, f"has {size} bytes but graph.json records {entry.get('bytes')} (truncated or replaced)")
     shape = tuple(entry.get("shape", ()))
+    problem = npy_size_problem(file)
+    if problem:
+        raise _corrupt(file, problem)
     try:  # numpy cannot memory-map an empty array; such an array costs nothing to read
         array = np.load(file, mmap_mode="r" if mmap and int(np.prod(shape)) > 0 else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise _corrupt(file, f"cannot be read as .npy ({err})") from err
+    except MemoryError as err:
+        raise _corrupt(file, f"does not fit in memory ({err}); load it with mmap=True") from err
     if str(array.dtype) != ARRAYS[name] or str(array.dtype) != entry.get("dtype"):
         raise _corrupt(file, f"has dtype {array.dtype}, expected {ARRAYS[name]}")
     if array.shape != shape:
@@ -165,22 +213,39 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def load_graph(path, mmap: bool = True) -> Graph:
+def load_graph(path, mmap: bool = True, allow_empty: bool = False, fix: str | None = None) -> Graph:
     """Read a graph directory written by ``save_graph``.
 
     With ``mmap`` the tensors are read-only views of memory-mapped files (no copy, pages read on demand); without
     it the arrays are read into writable memory. Never unpickles. A missing, truncated or inconsistent file raises
-    ``GraphFileError`` naming the file and saying to regenerate or redownload.
+    ``GraphFileError`` naming the file and ending with ``fix`` (default: save the graph again; the folder is the
+    user's). A graph without edges is refused unless ``allow_empty``.
     """
     path = Path(path)
-    meta = read_meta(path)
-    tensors = {name: _as_tensor(_read_array(path, name, meta["arrays"][name], mmap)) for name in ARRAYS}
-    for key, actual in (("num_nodes", tensors["rowptr"].numel() - 1), ("num_edges", tensors["col"].numel())):
-        if meta.get(key, actual) != actual:
-            raise _corrupt(path / META_FILE, f"records {key}={meta[key]} but the arrays hold {actual}")
+    fix = fix or user_fix(path)
+    try:
+        meta = read_meta(path)
+        tensors = {name: _as_tensor(_read_array(path, name, meta["arrays"][name], mmap)) for name in ARRAYS}
+        num_nodes = tensors["rowptr"].numel() - 1
+        for key, actual in (("num_nodes", num_nodes), ("num_edges", tensors["col"].numel())):
+            if meta.get(key, actual) != actual:
+                raise _corrupt(path / META_FILE, f"records {key}={meta[key]} but the arrays hold {actual}")
+    except GraphFileError as err:
+        raise GraphFileError(f"{err}. Fix: {fix}") from err
+    _check_edges_and_splits(path, tensors, allow_empty)
     try:
         return Graph(name=meta["name"], num_classes=meta["num_classes"], provenance=meta.get("provenance") or {},
                      **tensors)
     except GraphError as err:
-        raise GraphFileError(f"on-disk graph {path}: {err} (the saved arrays are wrong: regenerate or redownload "
-                             "the graph)") from err
+        raise GraphFileError(f"on-disk graph {path}: {err} (in the saved arrays). Fix: {fix}") from err
+
+
+def _check_edges_and_splits(path: Path, tensors: dict[str, torch.Tensor], allow_empty: bool) -> None:
+    if tensors["col"].numel() == 0 and not allow_empty:
+        raise GraphFileError(f"on-disk graph {path}: the graph has no edges, so training would ignore the graph. "
+                             "Fix: if that is intended, pass allow_empty=True (dataset.allow_empty=true); else save "
+                             "the graph again with its edges")
+    for a, b, shared in overlapping_splits({name: tensors[name] for name in SPLITS}):
+        raise GraphFileError(f"on-disk graph {path}: {a} and {b} share {shared} vertices (validation and test "
+                             f"accuracy would count training vertices). Fix: save the graph again with disjoint "
+                             "train, val and test masks")

@@ -2,19 +2,23 @@
 
 - ``device``: CUDA when present, else CPU memory (accounted apart from host so that plans are checked here too).
 - ``host``: CPU memory, pinned when CUDA is present. Reads copy the rows to the device (a real copy on CPU too).
-- ``disk``: one ``np.memmap`` file per buffer in a private working directory, removed when the store closes
-  (also on error or Ctrl-C: the store is a context manager and registers an ``atexit`` fallback).
+- ``disk``: one file per buffer in a private working directory (``diskfile.RowFile``: explicit positioned I/O,
+  ``O_DIRECT`` where the file system takes it, space reserved up front), removed when the store closes (also on
+  error or Ctrl-C: the store is a context manager and registers an ``atexit`` fallback). The disk tier's staging
+  buffers (``staging_bytes`` each, one per thread that touches the disk) are host memory, accounted as such.
 
 ``TierStore.counters`` holds current and peak bytes per tier, bytes per link (``h2d``, ``d2h``, ``disk_read``,
-``disk_write``) and the prefetch overlap times. Counters are updated under a lock: prefetch threads read too.
-``TierStore.prefetched`` runs a pass's fetches one chunk ahead in a background thread.
+``disk_write``: the rows a plan moves, which the simulator predicts exactly), the bytes the disk tier's system calls
+actually moved (``disk_actual``: whole aligned blocks) and the prefetch overlap times. Counters are updated under
+a lock: prefetch threads read too.
+``TierStore.prefetched`` runs a pass's fetches one chunk ahead in a background thread when they read off-device
+tiers.
 """
 
 from __future__ import annotations
 
 import atexit
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flexgnn_core.ops import long_index
+from flexgnn_core import workdirs
+from flexgnn_core.engine.diskfile import RowFile, Staging, aligned
+from flexgnn_core.kernels import long_index
+from flexgnn_core.plan.problem import MAX_STAGING_BYTES, STAGING_THREADS
 from flexgnn_core.spec import TIERS
 
 STORE_LINKS = ("h2d", "d2h", "disk_read", "disk_write")
@@ -37,6 +44,7 @@ class Counters:
     current: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TIERS})
     peak: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TIERS})
     links: dict[str, int] = field(default_factory=lambda: {k: 0 for k in STORE_LINKS})
+    disk_actual: dict[str, int] = field(default_factory=lambda: {"read": 0, "write": 0})  # closed files' totals
     fetch_s: float = 0.0  # time spent fetching in the prefetch thread
     wait_s: float = 0.0  # time the compute thread waited for a prefetch
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -71,6 +79,7 @@ class Buffer:
     def __init__(self, store: "TierStore", name: str, shape: tuple[int, ...], tier: str):
         self.store, self.name, self.shape, self.tier = store, name, shape, tier
         self.nbytes = int(np.prod(shape)) * 4
+        self.data, self.file = None, None
         if tier == "device":
             self.data = torch.zeros(shape, dtype=torch.float32, device=store.device)
         elif tier == "host":
@@ -78,12 +87,17 @@ class Buffer:
         else:
             path = store.disk_path(name)
             try:
-                array = np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
+                workdirs.reserve(path, aligned(self.nbytes))  # blocks allocated now: a full disk is this error
+                self.file = RowFile(path, shape[0], int(np.prod(shape[1:])), store.staging)
+            except workdirs.DiskFull:
+                store.close()
+                raise
             except OSError as error:
                 store.close()
                 raise OSError(f"disk tier: cannot create {self.nbytes} bytes at {path} ({error}); set disk_dir to "
                               "a writable directory with enough free space") from error
-            self.data = torch.from_numpy(array)
+            store.uses_disk()
+            store.disk_modes.add(self.file.mode)
         store.counters.hold(tier, self.nbytes)
 
     def row_bytes(self, rows: int) -> int:
@@ -96,14 +110,18 @@ class Buffer:
             return _select(self.data, index)
         if isinstance(index, Tensor):
             index = index.cpu()
-        rows = _select(self.data, index)
-        if self.tier == "disk":
-            rows = rows.clone() if isinstance(index, slice) else rows  # index_select already copied
+        if self.tier == "disk":  # the read lands in new memory: that is the transfer, on CPU and to a pinned stage
+            rows = self.file.read_range(index.start, index.stop) if isinstance(index, slice) else \
+                self.file.read_index(index)
+            rows = rows.view(-1, *self.shape[1:])
             counters.moved("disk_read", rows.numel() * 4)
+            counters.moved("h2d", rows.numel() * 4)
+            return rows if device.type == "cpu" else rows.pin_memory().to(device, non_blocking=True)
+        rows = _select(self.data, index)
         counters.moved("h2d", rows.numel() * 4)
         if device.type == "cpu":
             return rows.clone()  # the host -> device copy, real on CPU too so that offload costs show
-        return rows.pin_memory().to(device, non_blocking=True) if self.tier == "disk" else rows.to(device)
+        return rows.to(device)
 
     def write(self, index: slice, rows: Tensor) -> None:
         if self.tier == "device":
@@ -112,20 +130,27 @@ class Buffer:
         self.store.counters.moved("d2h", rows.numel() * 4)
         if self.tier == "disk":
             self.store.counters.moved("disk_write", rows.numel() * 4)
+            self.file.write_range(index.start, rows.reshape(rows.shape[0], self.file.width).cpu())
+            return
         self.data[index] = rows.cpu()
 
     def add(self, index: Tensor | slice, rows: Tensor) -> None:
-        """``self[index] += rows`` (indices distinct); off-device this is a read-modify-write of those rows."""
+        """``self[index] += rows`` (indices sorted and distinct); off-device a read-modify-write of those rows."""
         if isinstance(index, Tensor) and index.numel() == self.shape[0]:
             index = slice(0, self.shape[0])  # sorted distinct indices covering every row: a plain add
         if self.tier != "device":
             self.store.counters.moved("d2h", rows.numel() * 4)
-            if self.tier == "disk":
-                self.store.counters.moved("disk_read", rows.numel() * 4)
-                self.store.counters.moved("disk_write", rows.numel() * 4)
             rows = rows.cpu()
             index = index.cpu() if isinstance(index, Tensor) else index
-        if isinstance(index, slice):
+        if self.tier == "disk":
+            self.store.counters.moved("disk_read", rows.numel() * 4)
+            self.store.counters.moved("disk_write", rows.numel() * 4)
+            flat = rows.reshape(rows.shape[0], self.file.width)
+            if isinstance(index, slice):
+                self.file.write_range(index.start, flat, add=True)
+            else:
+                self.file.add_index(index, flat)
+        elif isinstance(index, slice):
             self.data[index] += rows
         else:
             self.data.index_add_(0, long_index(index), rows)
@@ -133,31 +158,50 @@ class Buffer:
     def zero_(self) -> None:
         if self.tier == "disk":
             self.store.counters.moved("disk_write", self.nbytes)
+            self.file.zero()
+            return
         self.data.zero_()
 
     def free(self) -> None:
         self.store.counters.release(self.tier, self.nbytes)
-        self.data = None
+        if self.file is not None:
+            for kind, nbytes in self.file.actual.items():
+                self.store.counters.disk_actual[kind] += nbytes
+            self.file.close()
+        self.data = self.file = None
 
 
 class TierStore:
     """Owns every buffer and the disk working directory. ``with TierStore(device, disk_dir) as store: ...``."""
 
-    def __init__(self, device: torch.device, disk_dir: str | None = None):
+    def __init__(self, device: torch.device, disk_dir: str | None = None,
+                 staging_bytes: int = MAX_STAGING_BYTES):
         self.device = device
+        self.staging = Staging(staging_bytes)  # per thread, made on first use in each thread that touches disk
         self.counters = Counters()
         self.buffers: dict[str, Buffer] = {}
         self._disk_parent = disk_dir
         self._workdir: Path | None = None
+        self._staging_held = 0
+        self.disk_modes: set[str] = set()  # "direct" (O_DIRECT) or "buffered", per disk buffer made
         atexit.register(self.close)
+
+    def uses_disk(self) -> None:
+        """The first disk buffer brings the disk tier's staging buffers (host memory, one per thread)."""
+        if not self._staging_held:
+            self._staging_held = STAGING_THREADS * self.staging.size
+            self.counters.hold("host", self._staging_held)
+
+    def disk_actual(self) -> dict[str, int]:
+        """Bytes the disk tier's system calls moved so far (whole aligned blocks), open and closed files."""
+        live = [b.file.actual for b in self.buffers.values() if b.file is not None]
+        return {kind: self.counters.disk_actual[kind] + sum(a[kind] for a in live) for kind in ("read", "write")}
 
     def disk_path(self, name: str) -> Path:
         if self._workdir is None:
             parent = self._disk_parent
             try:
-                if parent is not None:
-                    Path(parent).mkdir(parents=True, exist_ok=True)
-                self._workdir = Path(tempfile.mkdtemp(prefix="flexgnn-", dir=parent))
+                self._workdir = workdirs.make_owned(parent, prefix="flexgnn-")  # reaps dead runs' dirs
             except OSError as error:
                 raise OSError(f"disk tier: disk_dir={parent!r} is not writable ({error}); set disk_dir to a "
                               "writable directory") from error
@@ -188,15 +232,29 @@ class TierStore:
         owned = {b.data.untyped_storage().data_ptr() for b in self.buffers.values() if b.tier == "device"}
         return [t for t in tensors if isinstance(t, Tensor) and t.untyped_storage().data_ptr() not in owned]
 
+    def moved_bytes(self) -> int:
+        with self.counters.lock:
+            return sum(self.counters.links.values())
+
     def prefetched(self, items: Sequence[Any], fetch: Callable[[Any], dict],
-                   background: bool) -> Iterator[tuple[Any, dict]]:
-        """``(item, fetch(item))`` in order. With ``background``, the next item's fetch runs in a worker thread
-        while the caller computes on this one (on CUDA on a side stream, so copies overlap kernels); the time
-        fetches took, the time the caller waited and so the time hidden are counted. What a fetch returns is
-        device working memory while held (``fresh``: the tensors that are new memory, not buffer views)."""
+                   prefetch: bool = True) -> Iterator[tuple[Any, dict]]:
+        """``(item, fetch(item))`` in order. The first fetch runs here; when it moved bytes over a link (what it
+        reads lives off the device) and ``prefetch`` is on, each next item's fetch runs in a worker thread while
+        the caller computes on this one (on CUDA on a side stream, so copies overlap kernels); the time fetches
+        took, the time the caller waited and so the time hidden are counted. What a fetch returns is device
+        working memory while held (``fresh``: the tensors that are new memory, not buffer views)."""
+        if not items:
+            return
+        before, start = self.moved_bytes(), time.perf_counter()
+        first = fetch(items[0])
+        background = prefetch and len(items) > 1 and self.moved_bytes() > before
+        if background:  # the first fetch has nothing to hide behind: all of it is waited for
+            elapsed = time.perf_counter() - start
+            self.counters.fetch_s += elapsed
+            self.counters.wait_s += elapsed
         if not background:
-            for item in items:
-                fetched = fetch(item)
+            for i, item in enumerate(items):
+                fetched = first if i == 0 else fetch(item)
                 held = self.track(*self.fresh(*fetched.values()))
                 yield item, fetched
                 self.untrack(held)
@@ -206,6 +264,7 @@ class TierStore:
         compute = torch.cuda.current_stream(device) if stream is not None else None
 
         def timed(item: Any) -> tuple[dict, int]:
+            torch.set_num_threads(1)  # this thread's own OpenMP setting: its copies leave the cores to the compute
             start = time.perf_counter()
             if stream is None:
                 out = fetch(item)
@@ -218,15 +277,18 @@ class TierStore:
             return out, self.track(*self.fresh(*out.values()))  # in flight counts as device memory
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(timed, items[0])
+            future = None
             for i, item in enumerate(items):
                 start = time.perf_counter()
-                fetched, held = future.result()
-                if stream is not None:  # memory made on the side stream is now used on the compute stream
-                    for value in fetched.values():
-                        if isinstance(value, Tensor) and value.is_cuda:
-                            value.record_stream(compute)
-                counters.wait_s += time.perf_counter() - start
+                if i == 0:
+                    fetched, held = first, self.track(*self.fresh(*first.values()))
+                else:
+                    fetched, held = future.result()
+                    if stream is not None:  # memory made on the side stream is now used on the compute stream
+                        for value in fetched.values():
+                            if isinstance(value, Tensor) and value.is_cuda:
+                                value.record_stream(compute)
+                    counters.wait_s += time.perf_counter() - start
                 if i + 1 < len(items):
                     future = pool.submit(timed, items[i + 1])
                 yield item, fetched
@@ -234,9 +296,12 @@ class TierStore:
 
     def close(self) -> None:
         for buffer in list(self.buffers.values()):
-            if buffer.data is not None:
+            if buffer.data is not None or buffer.file is not None:
                 buffer.free()
         self.buffers.clear()
+        if self._staging_held:
+            self.counters.release("host", self._staging_held)
+            self._staging_held = 0
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

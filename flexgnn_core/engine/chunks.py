@@ -1,4 +1,4 @@
-"""Destination chunks: the unit of work of the FlexGNN engine.
+"""Destination chunks: the unit of work of the FlexGNN engine (each one a ``kernels.Block``).
 
 The destination vertices are cut into ``P`` contiguous ranges, after an optional locality-improving reordering
 (METIS through ``pymetis``, or reverse Cuthill-McKee through scipy), so that each chunk's in-edges touch few
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
+from flexgnn_core.plan.chunking import chunk_bounds
 
 REORDERINGS = ("none", "rcm", "metis")
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # torch's one-off note
@@ -97,6 +99,10 @@ class Chunk:
         return self.stop - self.start
 
     @property
+    def width(self) -> int:
+        return int(self.halo.numel())
+
+    @property
     def num_edges(self) -> int:
         return int(self.src_global.numel())
 
@@ -105,35 +111,16 @@ class Chunk:
                    self.t_perm] + [t for t in (self.values, self.self_pos) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def matrix(self, values: Tensor, num_cols: int | None = None) -> Tensor:
-        """Sparse CSR block ``[rows, H]`` (halo columns), or ``[rows, num_cols]`` with global columns."""
-        cols = self.src_local if num_cols is None else self.src_global
-        width = int(self.halo.numel()) if num_cols is None else num_cols
-        return torch.sparse_csr_tensor(self.crow, cols, values, size=(self.rows, width), check_invariants=False)
-
-    def matrix_t(self, values: Tensor) -> Tensor:
-        """Transposed block ``[H, rows]``: ``matrix_t(v) @ g`` is the halo rows' share of ``matrix(v)^T g``."""
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.t_perm),
-                                       size=(int(self.halo.numel()), self.rows), check_invariants=False)
-
     def to(self, device: torch.device) -> "Chunk":
         moved = {name: (getattr(self, name).to(device) if isinstance(getattr(self, name), Tensor) else
                         getattr(self, name)) for name in self.__dataclass_fields__}
         return Chunk(**moved)
 
 
-def chunk_bounds(num_nodes: int, num_chunks: int) -> list[tuple[int, int]]:
-    """``num_chunks`` contiguous ranges of near-equal size; ``num_chunks`` must be in ``[1, num_nodes]``."""
-    if not isinstance(num_chunks, int) or not 1 <= num_chunks <= num_nodes:
-        raise ValueError(f"num_chunks={num_chunks!r} must be an integer in [1, num_nodes={num_nodes}]; "
-                         "lower num_chunks (a chunk holds at least one destination vertex)")
-    edges = torch.linspace(0, num_nodes, num_chunks + 1).round().long().tolist()
-    return list(zip(edges[:-1], edges[1:]))
-
-
 def build_chunks(rowptr: Tensor, col: Tensor, values: Tensor | None, num_chunks: int,
                  self_loops: bool) -> list[Chunk]:
-    """Cut a (normalised) CSR by destination into ``num_chunks`` blocks with halo indices and transposes."""
+    """Cut a (normalised) CSR by destination into ``num_chunks`` blocks with halo indices and transposes;
+    ``self_loops``: the graph has one per vertex and each block records where its rows sit in its halo (GAT)."""
     # int32 indices halve the blocks' bytes (torch's CSR kernels and indexing take them) when ids fit.
     index_dtype = torch.int32 if max(rowptr.numel(), col.numel()) < 2**31 else torch.int64
     chunks = []

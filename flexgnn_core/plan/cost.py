@@ -14,8 +14,9 @@ transfer time prefetching can hide under compute). ``predict(plan, problem, hw)`
   hide behind; none at P=1).
 
 Every term is a sum of per-layer, per-intermediate and per-pair-of-intermediates costs, which is what lets
-``solvers.optimal`` solve the placement exactly as a mixed-integer program over the same numbers
-(``item_compute_s``, ``item_link_bytes``, ``pair_link_bytes``; a pair is one product variable).
+``plan.solvers.optimal`` solve the placement exactly as a mixed-integer program over the same numbers
+(``item_compute_s``, ``item_link_bytes``, ``pair_link_bytes``; a pair is one product variable). Model-specific
+dense work comes from the model's own declaration (``GNNModel.post_flops``); attention models add GAT's terms.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from flexgnn_core.plan import FLOAT, Plan, Problem, intermediates, link_terms, simulate, transform_width
+from flexgnn_core.plan.problem import FLOAT, Plan, Problem, intermediates, transform_width
+from flexgnn_core.plan.simulate import link_terms, simulate
 
 LINKS = ("h2d", "d2h", "disk_read", "disk_write", "ops")  # "ops": chunk-level transfers, at transfer_op_s each
 RATE_FIELDS = ("agg_edge_width_per_s", "matmul_flop_per_s", "memory_bytes_per_s", "h2d_bytes_per_s",
                "d2h_bytes_per_s", "disk_read_bytes_per_s", "disk_write_bytes_per_s")
 # 0: derived from another rate, or the term is not modelled
-OPTIONAL_RATES = ("gat_edge_head_per_s", "gat_edge_per_s", "gather_bytes_per_s", "gat_softmax_edge_head_per_s")
+OPTIONAL_RATES = ("gat_edge_head_per_s", "gat_edge_per_s", "gather_bytes_per_s", "gat_softmax_edge_head_per_s",
+                  "dropout_mask_per_s")
+MASK_BYTES_PER_ENTRY = 256  # a dropout mask entry when not measured: about 16 int64 passes, each read and written
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Hardware:
     gather_bytes_per_s: float = 0.0  # row gathers / scatter-adds of halo rows on the device; 0: memory rate / 2
     gat_softmax_edge_head_per_s: float = 0.0  # GAT's edge softmax alone (what recomputing att redoes); 0: a pass
     transfer_op_s: float = 0.0  # latency of one chunk-level off-device transfer (dispatch, staging, hand-off)
+    dropout_mask_per_s: float = 0.0  # dropout mask entries made and applied per second; 0: memory rate / 256 B
 
     def __post_init__(self) -> None:
         for name in RATE_FIELDS + ("step_overhead_s", "overlap", "transfer_op_s") + OPTIONAL_RATES:
@@ -127,13 +132,43 @@ def mm_s(hw: Hardware, rows: int, inner: int, cols: int) -> float:
     return 2 * rows * inner * cols / hw.matmul_flop_per_s
 
 
+def mask_s(hw: Hardware, entries: int) -> float:
+    """Making ``entries`` dropout mask entries (``flexgnn_core.dropout``) and applying them."""
+    return entries / (hw.dropout_mask_per_s or hw.memory_bytes_per_s / MASK_BYTES_PER_ENTRY)
+
+
+def input_reads_s(problem: Problem, hw: Hardware, rows: int) -> float:
+    """Reading ``rows`` rows of the features under input dropout: their masks, and a gather of the rows where the
+    engine would otherwise have indexed the buffer in place (halo reads, P > 1)."""
+    d = problem.dims[0]
+    return mask_s(hw, rows * d) + (halo_s(hw, rows, d) if problem.num_chunks > 1 else 0.0)
+
+
+def dropout_s(problem: Problem, hw: Hardware, layer: int, order: str) -> float:
+    """Layer ``layer``'s dropout masks that every plan makes (forward and backward): its input's rows read in
+    place (input dropout; the halo reads that depend on the placement are in ``item_compute_s``), its dropped
+    output (hidden dropout) and its attention (attention dropout)."""
+    n, total = problem.num_nodes, 0.0
+    if layer == 0 and problem.input_dropout:
+        own = 2 * n * problem.model.self_rows + n * (order == "transform_first")  # root weight; dW's rows
+        total += mask_s(hw, own * problem.dims[0])
+        if order == "aggregate_first":  # the forward halo: layer 0 aggregates every epoch
+            total += agg_s(hw, problem.num_edges, problem.dims[0]) + input_reads_s(problem, hw, problem.sum_halo_rows)
+    if problem.hidden_dropout and layer < problem.num_layers - 1:
+        total += 2 * mask_s(hw, n * problem.dims[layer + 1])
+    if problem.attention_dropout:
+        total += 2 * mask_s(hw, problem.num_edges * problem.heads)
+    return total
+
+
 def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> float:
     """Compute of one layer (forward + backward) that does not depend on where its intermediates live."""
     n, e, chunks = problem.num_nodes, problem.num_edges, problem.num_chunks
     d, o = problem.dims[layer], problem.dims[layer + 1]
     first, last = layer == 0, layer == problem.num_layers - 1
     elementwise = n * o * FLOAT * (2 if last else 3) / hw.memory_bytes_per_s  # activation (+ grad) or loss
-    sage = 0.0 if problem.kind != "sage" else (2 + (not first)) * mm_s(hw, n, d, o)
+    post_forward, post_backward = problem.model.post_flops(d, o, order == "transform_first", first)
+    post = n * (post_forward + post_backward) / hw.matmul_flop_per_s  # e.g. SAGE's root weight
     halo = problem.sum_halo_rows
     if order == "aggregate_first":  # forward reads device rows by global column; backward scatters to the halo
         forward = (0.0 if first else agg_s(hw, e, d)) + mm_s(hw, n, d, o)
@@ -144,7 +179,7 @@ def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> floa
         forward = agg_s(hw, e, t)
         backward = agg_s(hw, e, t) + (1 + (not first)) * mm_s(hw, n, t, d) + halo_s(hw, halo, t)
         steps = 3 * chunks
-        if problem.kind == "gat":  # attention per edge and head forward and backward; gat_backward ~ 3 aggregations
+        if problem.attention:  # attention per edge and head forward and backward; gat_backward ~ 3 aggregations
             forward += attention_s(hw, e, problem.heads)
             backward += 2 * agg_s(hw, e, t) + attention_s(hw, e, problem.heads)
             # the halo rows of t gathered forward and backward (not at P=1: the halo is every row, in order), and
@@ -152,7 +187,7 @@ def layer_base_s(problem: Problem, hw: Hardware, layer: int, order: str) -> floa
             # gat_backward's d_t and d_att_src)
             gathers = 0 if chunks == 1 else 2
             backward += gathers * halo_s(hw, halo, t) + 4 * 2 * halo * t * FLOAT / hw.memory_bytes_per_s
-    return forward + backward + sage + elementwise + steps * hw.step_overhead_s
+    return forward + backward + post + elementwise + steps * hw.step_overhead_s + dropout_s(problem, hw, layer, order)
 
 
 def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) -> float:
@@ -160,9 +195,11 @@ def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) 
     layer = int(name.lstrip("agt"))
     n, e, d = problem.num_nodes, problem.num_edges, problem.dims[layer]
     if name.startswith("agg"):  # stored agg0 is reused across epochs; recompute aggregates again in backward
-        if recomputed:
-            return agg_s(hw, e, d) * (2 if layer == 0 else 1)
-        return 0.0
+        if not recomputed:
+            return 0.0
+        if layer == 0 and problem.input_dropout:  # forward is in the base; backward reads masked halo rows again
+            return agg_s(hw, e, d) + input_reads_s(problem, hw, problem.sum_halo_rows)
+        return agg_s(hw, e, d) * (2 if layer == 0 else 1)
     if name.startswith("att"):  # recompute: the edge softmax again in backward (its scores are made anyway)
         if not recomputed:
             return 0.0
@@ -171,13 +208,15 @@ def item_compute_s(problem: Problem, hw: Hardware, name: str, recomputed: bool) 
     t = transform_width(problem, layer)  # t{layer}: stored = one whole transform pass (P more steps)
     if recomputed:  # transform only the halo rows inside each aggregation step (twice for GAT: fwd and bwd),
         # gathering h's halo rows instead (GAT: in place of t's, already in the layer's base)
-        halo, passes = problem.sum_halo_rows, (2 if problem.kind == "gat" else 1)
+        halo, passes = problem.sum_halo_rows, (2 if problem.attention else 1)
         if problem.num_chunks == 1:  # one chunk reads the whole buffer in place: no gather of h, nor of t
             gathered = 0.0
         else:
-            gathered = halo_s(hw, halo, d) - (halo_s(hw, halo, t) if problem.kind == "gat" else 0.0)
-        return passes * (mm_s(hw, halo, d, t) + gathered)
-    return mm_s(hw, n, d, t) + problem.num_chunks * hw.step_overhead_s
+            gathered = halo_s(hw, halo, d) - (halo_s(hw, halo, t) if problem.attention else 0.0)
+        masks = mask_s(hw, halo * d) if layer == 0 and problem.input_dropout else 0.0
+        return passes * (mm_s(hw, halo, d, t) + gathered + masks)
+    masks = mask_s(hw, n * d) if layer == 0 and problem.input_dropout else 0.0  # the transform pass reads h0 rows
+    return mm_s(hw, n, d, t) + problem.num_chunks * hw.step_overhead_s + masks
 
 
 def compute_s(plan: Plan, problem: Problem, hw: Hardware) -> float:

@@ -1,0 +1,144 @@
+"""Microbenchmarks of this machine's rates: sparse aggregation, matmul, memory, gathers, links, disk, overhead.
+
+Each returns a rate (per second) measured with ``_time``: the median of a few runs after two warm-ups (the
+machine may be shared: the median resists spikes). ``calibrate.measure`` combines them into a ``Hardware``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device: torch.device, repeats: int = 7) -> float:
+    """Median seconds of ``fn()`` after two warm-up calls (the machine may be shared: the median resists spikes)."""
+    fn(), fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _random_csr(rows: int, cols: int, degree: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    col = torch.randint(0, cols, (rows * degree,), generator=generator).view(rows, degree).sort(dim=1).values
+    crow = torch.arange(0, rows * degree + 1, degree)
+    return torch.sparse_csr_tensor(crow, col.flatten(), torch.rand(rows * degree, generator=generator),
+                                   size=(rows, cols)).to(device)
+
+
+def aggregation(device: torch.device, rows: int) -> float:
+    rates = []
+    for width in (16, 64, 128):
+        matrix = _random_csr(rows, rows, 8, device)
+        x = torch.rand(rows, width, device=device)
+        rates.append(rows * 8 * width / _time(lambda: torch.sparse.mm(matrix, x), device))
+    return statistics.median(rates)
+
+
+def matmul(device: torch.device, rows: int) -> float:
+    a, b = torch.rand(rows, 256, device=device), torch.rand(256, 256, device=device)
+    return 2 * rows * 256 * 256 / _time(lambda: a @ b, device)
+
+
+def memory(device: torch.device, numel: int) -> float:
+    x = torch.rand(numel, device=device)
+    out = torch.empty_like(x)
+    return 2 * numel * 4 / _time(lambda: torch.clamp(x, min=0, out=out), device)
+
+
+def gather(device: torch.device, numel: int) -> float:
+    """Bytes of rows per second that a gather of random rows plus a scatter-add back moves on the device (what a
+    chunk does with its halo rows): the mean of the two."""
+    rows = numel // 64
+    source = torch.rand(rows, 64, device=device)
+    index = torch.randint(0, rows, (rows // 2,), generator=torch.Generator().manual_seed(0)).to(device)
+    values = torch.rand(rows // 2, 64, device=device)
+    nbytes = rows // 2 * 64 * 4
+    gather_s = _time(lambda: torch.index_select(source, 0, index), device)
+    scatter_s = _time(lambda: source.index_add_(0, index, values), device)
+    return 2 * nbytes / (gather_s + scatter_s)
+
+
+def softmax(device: torch.device, rows: int) -> float:
+    """GAT's edge softmax (``kernels.edge_softmax``) alone, per edge and head: what recomputing attention redoes."""
+    from flexgnn_core.engine.chunks import build_chunks
+    from flexgnn_core.kernels import edge_softmax
+    from flexgnn_core.norm import add_self_loops_csr
+
+    matrix = _random_csr(rows, rows, 8, torch.device("cpu"))
+    rowptr, col = add_self_loops_csr(matrix.crow_indices(), matrix.col_indices())
+    chunk = build_chunks(rowptr, col, None, 1, self_loops=True)[0].to(device)
+    scores = torch.rand(chunk.num_edges, 4, device=device)
+    return chunk.num_edges * 4 / _time(lambda: edge_softmax(chunk, scores), device)
+
+
+def dropout_masks(device: torch.device, rows: int) -> float:
+    """Dropout mask entries made and applied per second (``flexgnn_core.dropout.nodes`` on rows of width 64)."""
+    from flexgnn_core import dropout
+
+    h = torch.rand(rows, 64, device=device)
+    ids = torch.arange(rows, device=device)
+    return rows * 64 / _time(lambda: dropout.nodes(h, ids, 0.5, 0, 0, 0), device)
+
+
+def links(device: torch.device, numel: int) -> tuple[float, float]:
+    pinned = device.type == "cuda"
+    rows = numel // 64
+    host = torch.rand(rows, 64).pin_memory() if pinned else torch.rand(rows, 64)
+    index = torch.randperm(rows)[: rows // 2].sort().values
+    staging = torch.empty(rows // 2, 64, pin_memory=pinned)
+    target = torch.empty(rows // 2, 64, device=device)
+
+    def h2d():
+        torch.index_select(host, 0, index, out=staging)
+        target.copy_(staging, non_blocking=pinned)
+
+    source = torch.rand(rows, 64, device=device)
+    back = torch.empty(rows, 64, pin_memory=pinned)
+    nbytes = rows * 64 * 4
+    return nbytes / 2 / _time(h2d, device), nbytes / _time(lambda: back.copy_(source), device)
+
+
+def disk(nbytes: int) -> tuple[float, float]:
+    data = os.urandom(nbytes)
+    with tempfile.TemporaryDirectory(prefix="flexgnn-calibrate-") as folder:
+        path = Path(folder) / "probe.bin"
+        start = time.perf_counter()
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        write_s = time.perf_counter() - start
+        reads = []
+        for _ in range(3):
+            start = time.perf_counter()
+            path.read_bytes()
+            reads.append(time.perf_counter() - start)
+    return nbytes / statistics.median(reads), nbytes / write_s
+
+
+def step_overhead(device: torch.device) -> float:
+    matrix = _random_csr(16, 16, 4, device)
+    x, w = torch.rand(16, 16, device=device), torch.rand(16, 16, device=device)
+    index = torch.arange(0, 16, 2, device=device)
+
+    def step():
+        h = torch.index_select(x, 0, index)
+        torch.sparse.mm(matrix, x) @ w + h.sum()
+
+    return _time(lambda: [step() for _ in range(20)], device) / 20

@@ -1,0 +1,144 @@
+"""What this machine holds for a run: memory available now (RAM, a control group's limit, GPU memory), its cores,
+and the process's own I/O counters.
+
+``memory_room()`` is the memory a run may still take: the least of the kernel's ``MemAvailable`` and, when this
+process runs in a memory-limited control group (a container, ``hardware.memory_cap``, a Slurm job), the group's
+limit minus its usage; minus a margin kept free (5% of the bound, at least ``MIN_MARGIN`` = 64 MiB) for what no
+plan accounts (allocator slack, Python objects, thread stacks). ``release_free_heap()`` first hands memory the
+allocator holds but no longer uses back to the kernel, so the reading is what the run really holds. ``FLEXGNN_MEMORY_ROOM_BYTES`` overrides the reading (tests
+and what-if runs: a machine made to look small). On CUDA ``device_room()`` is the free device memory minus the same
+margin. ``process_io()`` reads ``/proc/self/io``: bytes this process made the storage devices read and write.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOM_ENV = "FLEXGNN_MEMORY_ROOM_BYTES"
+MIN_MARGIN = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Room:
+    """Bytes a run may still allocate (``bytes``, after ``margin_bytes``), and where the bound came from."""
+
+    bytes: int
+    margin_bytes: int
+    source: str
+
+    def describe(self) -> str:
+        return f"{self.bytes / 2**30:.2f} GiB ({self.source}, {self.margin_bytes / 2**20:.0f} MiB kept free)"
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return None if text in ("max", "") else int(text)
+
+
+def cgroup_room(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory control group's limit minus its usage for this process (v2, then v1), or None if unlimited."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if hierarchy == "0" and controllers == "":  # cgroup v2: walk up, the tightest limit holds
+            node = root / rel if (root / "cgroup.controllers").exists() else root / "unified" / rel
+            while True:
+                limit, usage = _read_int(node / "memory.max"), _read_int(node / "memory.current")
+                if limit is not None and usage is not None:
+                    best = min(best, limit - usage) if best is not None else limit - usage
+                if node in (root, root / "unified") or node == node.parent:
+                    break
+                node = node.parent
+        elif "memory" in controllers.split(","):  # cgroup v1
+            node = root / "memory" / rel
+            while True:
+                limit = _read_int(node / "memory.limit_in_bytes")
+                usage = _read_int(node / "memory.usage_in_bytes")
+                if limit is not None and usage is not None and limit < 2**60:  # v1 says "unlimited" as ~2^63
+                    best = min(best, limit - usage) if best is not None else limit - usage
+                if node == root / "memory" or node == node.parent:
+                    break
+                node = node.parent
+    return best
+
+
+def release_free_heap() -> bool:
+    """glibc's ``malloc_trim(0)``: freed heap pages go back to the kernel (after loading or generating a graph, the
+    allocator may sit on hundreds of MB of freed temporaries that count as resident). False where unavailable."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def memory_room(cap_bytes: int | None = None) -> Room:
+    """Memory this process may still take, after the margin: see the module docstring. ``cap_bytes``: a cap the
+    caller knows (``hardware.memory_cap``) on top of what the kernel says."""
+    if os.environ.get(ROOM_ENV):
+        value = int(os.environ[ROOM_ENV])
+        return Room(value, 0, f"${ROOM_ENV}")
+    candidates = {"MemAvailable": mem_available(), "memory cgroup": cgroup_room()}
+    if cap_bytes is not None:
+        import psutil
+
+        release_free_heap()
+        candidates["hardware.memory_cap"] = cap_bytes - psutil.Process().memory_info().rss
+    known = {name: value for name, value in candidates.items() if value is not None}
+    if not known:
+        import psutil
+
+        known = {"psutil": int(psutil.virtual_memory().available)}
+    source = min(known, key=known.get)
+    bound = max(0, known[source])
+    margin = max(MIN_MARGIN, bound // 20)
+    return Room(max(0, bound - margin), margin, source)
+
+
+def device_room(device: torch.device) -> Room | None:
+    """Free memory on a CUDA device after the margin (None on CPU: there "device" is host memory)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    margin = max(MIN_MARGIN, free // 20)
+    return Room(max(0, free - margin), margin, f"free on {torch.cuda.get_device_name(device)}")
+
+
+def process_io() -> dict[str, int] | None:
+    """``read_bytes`` / ``write_bytes`` this process caused at the storage layer so far (Linux), else None."""
+    try:
+        values = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+        return {"read_bytes": int(values["read_bytes"]), "write_bytes": int(values["write_bytes"])}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a job's share of a node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -1,0 +1,85 @@
+"""The summary table of run records: one row per record with its median epoch, speedup over PyG, accuracy, peaks.
+
+A pure function of records (STYLE #11); ``harness.report`` writes it with the other tables, ``harness.plots``
+draws from its rows.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("system", "model", "dataset", "num_nodes", "num_edges", "avg_degree", "status", "epochs",
+           "median_epoch_s", "speedup_vs_pyg", "val_acc", "test_acc", "test_acc_at_best_val", "host_peak_bytes",
+           "device_peak_bytes", "note")
+BASELINE = "pyg"
+
+
+def row_of(record: dict[str, Any]) -> dict[str, Any]:
+    result = record.get("result") or {}
+    graph = record.get("graph") or {}
+    dataset_cfg = (record.get("config") or {}).get("dataset") or {}
+    peak = result.get("peak_bytes") or {}
+    accuracy = result.get("accuracy") or {}
+    best = result.get("best_val") or {}
+    row = {
+        "system": record.get("system"), "model": record.get("model"), "dataset": record.get("dataset"),
+        "num_nodes": graph.get("num_nodes"), "num_edges": graph.get("num_edges"),
+        "avg_degree": dataset_cfg.get("avg_degree"), "status": record.get("status"),
+        "epochs": len(result.get("epoch_times_s") or []) or None, "median_epoch_s": result.get("median_epoch_s"),
+        "speedup_vs_pyg": None, "val_acc": accuracy.get("val"), "test_acc": accuracy.get("test"),
+        "test_acc_at_best_val": best.get("test"),
+        "host_peak_bytes": peak.get("host"), "device_peak_bytes": peak.get("device"),
+        "note": record.get("error"),  # why a job failed or was skipped (e.g. DGL's environment is missing)
+        "device": result.get("device"),  # not a column: speed-ups compare runs on the same device only
+    }
+    fallback = (result.get("extra") or {}).get("device_fallback")
+    if fallback:  # e.g. DGL on a CUDA machine: a CPU time in a GPU sweep, marked so
+        row["note"] = f"ran on {result.get('device')}, not the requested device: {fallback}"
+    return row
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows sorted by graph, model, system; speedup = pyg's median epoch / this median on the same graph+model and
+    the same device (a row that ran elsewhere, e.g. DGL's CPU fallback in a GPU sweep, gets none)."""
+    rows = [row_of(record) for record in records]
+
+    def key(row: dict[str, Any]) -> tuple:
+        return (str(row["dataset"]), row["num_nodes"] or 0, row["num_edges"] or 0, str(row["model"]))
+
+    baseline = {key(row): (row["median_epoch_s"], row["device"]) for row in rows
+                if row["system"] == BASELINE and row["status"] == "ok" and row["median_epoch_s"]}
+    for row in rows:
+        reference, device = baseline.get(key(row), (None, None))
+        if reference and row["median_epoch_s"] and row["status"] == "ok" and row["device"] == device:
+            row["speedup_vs_pyg"] = reference / row["median_epoch_s"]
+    return sorted(rows, key=lambda row: (*key(row), str(row["system"])))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", "<br>")  # a multi-line note (pip's error) stays in its cell
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[column]) for column in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write ``summary.csv`` and ``summary.md`` for these records into ``out_dir``; return the two paths."""
+    rows = summarize(records)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({column: ("" if row[column] is None else row[column]) for column in COLUMNS}
+                         for row in rows)
+    md_path.write_text(markdown(rows))
+    return [csv_path, md_path]
