@@ -3,8 +3,9 @@
 Three layers, from exact to noisy (README "Regression gate"):
 
 1. ``deterministic``: bytes per link per epoch, accounted peaks, plan, predicted epoch time, aten calls per epoch
-   and the loss curve of six small FlexGNN cases (each model, in memory and under a budget, ``h200`` datasheet
-   plans), against ``results/baseline/deterministic.json``: exact (losses within 1e-6 relative).
+   and the loss curve of seven small FlexGNN cases (each model in memory and under a budget, GCN also with dropout;
+   ``h200`` datasheet plans, fixed P and memory room), against ``results/baseline/deterministic.json``: exact
+   (losses within 1e-6 relative).
 2. ``instructions``: instructions of one epoch per case under callgrind, against
    ``results/baseline/instructions.json``: fails above +5%; SKIPPED loudly where valgrind is missing.
 3. ``wallclock``: interleaved A/B epoch-time ratios, FlexGNN vs PyG and, with ``--against REV``, this tree vs REV

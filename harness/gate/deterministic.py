@@ -2,8 +2,9 @@
 
 Per case, for one steady-state epoch: bytes per link (``io_bytes`` of a K-epoch run minus a (K-1)-epoch run of the
 same plan: allocation, layer 0's one-off aggregate and the final evaluation cancel), the accounted peak per tier
-(whole run), the plan (P, placements, orders, predicted peaks), the predicted epoch time, the aten op calls of
-epoch K (``cases.OpCounter``, prefetch thread included) and the loss curve of the K epochs.
+(whole run), the plan (P, placements, orders, predicted peaks, the budgets it was solved under), the predicted
+epoch time, the aten op calls of epoch K (``cases.OpCounter``, prefetch thread included) and the loss curve of the
+K epochs.
 
 The peaks come from a third run with the prefetch thread off: with it on, the accounted device peak counts the
 fetches in flight at whatever moment the two threads interleave, so it moves from run to run (measured for
@@ -68,7 +69,8 @@ def measure_case(case: cases.Case) -> dict[str, Any]:
         "tier_peak_bytes": dict(serial.tier_peak_bytes),
         "plan": {"policy": plan["policy"], "num_chunks": plan["num_chunks"], "orders": list(plan["orders"]),
                  "placement": dict(plan["placement"]), "predicted_peak_bytes": dict(plan["predicted_peak_bytes"]),
-                 "feasible": plan["feasible"]},
+                 "feasible": plan["feasible"],  # and the budgets it was solved under (the machine's room is fixed)
+                 **{key: plan.get(key) for key in ("device_budget_bytes", "host_budget_bytes", "memory_budget_bytes")}},
         "predicted_epoch_s": longer.extra["predicted_epoch_s"],
         "kernel_calls_per_epoch": counter.counts,
         "epoch_losses": list(longer.epoch_losses),

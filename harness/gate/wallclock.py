@@ -29,7 +29,9 @@ from pathlib import Path
 
 from scipy import stats
 
+from flexgnn_core.machine import ROOM_ENV
 from harness.gate.ab_worker import MARKER
+from harness.gate.cases import MEMORY_ROOM_BYTES
 from harness.gate.report import Finding, LayerResult
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +48,9 @@ class Worker:
     def __init__(self, tree: Path, label: str):
         self.label = label
         self.log = tempfile.TemporaryFile(mode="w+")
-        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(SPEC["threads"])}
+        # the machine's free memory fixed, as in the deterministic cases, so both trees plan for the same room
+        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(SPEC["threads"]),
+               ROOM_ENV: str(MEMORY_ROOM_BYTES)}
         self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ab_worker.py")),
                                          json.dumps(SPEC)], cwd=tree, env=env, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self.log, text=True)
