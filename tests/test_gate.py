@@ -110,6 +110,8 @@ def test_b_gate_fails_when_layer0_aggregate_reuse_is_disabled(tmp_path):
     for link in ("h2d", "d2h", "disk_read"):
         assert f"gcn-budget/io_bytes_per_epoch/{link}" in moved, moved
     assert not any("epoch_losses" in figure for figure in moved), "reuse or not, training is exact"
+    # with input dropout the features change every epoch, so layer 0 aggregates again anyway: nothing moves there
+    assert not any(figure.startswith("gcn-dropout/") for figure in moved), moved
 
 
 @pytest.mark.slow
