@@ -64,6 +64,17 @@ class SyntheticDatasetConfig:
 
 
 @dataclass
+class SyntheticLargeDatasetConfig(SyntheticDatasetConfig):
+    """``load_dataset("synthetic_large", ...)``: the synthetic model written once to ``root`` in bounded memory
+    (``flexgnn_core.data.synthetic_stream``), then memory-mapped; for graphs larger than RAM."""
+
+    name: str = "synthetic_large"
+    root: str = "${oc.env:FLEXGNN_DATA,data}/synthetic"
+    memory_bytes: int = 1 << 30  # working memory of the generator's bucket passes
+    mmap: bool = True
+
+
+@dataclass
 class OgbDatasetConfig:
     name: str = MISSING
     root: str = "${oc.env:FLEXGNN_DATA,data}"  # holds ogb's dataset folders, e.g. data/ogbn_arxiv
@@ -186,6 +197,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     store.store(group="dataset", name="synthetic_schema", node=SyntheticDatasetConfig)
+    store.store(group="dataset", name="synthetic_large_schema", node=SyntheticLargeDatasetConfig)
     store.store(group="dataset", name="ogb_schema", node=OgbDatasetConfig)
     store.store(group="dataset", name="saved_schema", node=SavedDatasetConfig)
     store.store(group="dataset", name="files_schema", node=FilesDatasetConfig)

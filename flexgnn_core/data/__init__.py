@@ -10,6 +10,9 @@
 - ``"files"``: options ``edges``, ``features``, ``labels``, then ``train_idx``/``val_idx``/``test_idx`` or
   ``train_frac``/``val_frac``/``split_seed``, and ``num_classes``, ``symmetrize``, ``name``, ``allow_empty``
   (formats in ``flexgnn_core.data.files``).
+- ``"synthetic_large"``: ``make_synthetic``'s knobs plus ``root`` (default ``data/synthetic``), ``mmap`` and
+  ``memory_bytes``: the same model written once to the on-disk format in bounded memory
+  (``flexgnn_core.data.synthetic_stream``), then memory-mapped: graphs larger than RAM.
 - ``"saved"``: options ``path`` (a directory written by ``save_graph``), ``mmap`` (default True) and
   ``allow_empty`` (default False: a graph without edges is refused).
 
@@ -27,17 +30,20 @@ from flexgnn_core.data.files import load_files
 from flexgnn_core.data.ogb import OGB_DATASETS, DatasetFilesMissing, load_ogb
 from flexgnn_core.data.storage import GraphFileError, load_graph, save_graph
 from flexgnn_core.data.synthetic import make_synthetic
+from flexgnn_core.data.synthetic_stream import load_synthetic_large, write_synthetic
 from flexgnn_core.spec import Graph
 
-DATASETS = ("synthetic", "ogbn-arxiv", "ogbn-products", "ogbn-papers100M", "files", "saved")
+DATASETS = ("synthetic", "synthetic_large", "ogbn-arxiv", "ogbn-products", "ogbn-papers100M", "files", "saved")
 
 __all__ = ["DATASETS", "DatasetFilesMissing", "GraphFileError", "build_csr", "load_dataset", "load_files",
-           "load_graph", "load_ogb", "make_synthetic", "save_graph"]
+           "load_graph", "load_ogb", "make_synthetic", "save_graph", "write_synthetic"]
 
 
 def _loader(name: str) -> Callable[..., Graph]:
     if name == "synthetic":
         return make_synthetic
+    if name == "synthetic_large":
+        return load_synthetic_large
     if name in OGB_DATASETS:
         def load_named_ogb(root="data", download: bool = False, mmap: bool = True, url: str | None = None) -> Graph:
             return load_ogb(name, root=root, download=download, mmap=mmap, url=url)

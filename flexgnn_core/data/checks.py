@@ -22,17 +22,27 @@ from torch import Tensor
 SPLITS = ("train_mask", "val_mask", "test_mask")
 
 
+def npy_header(handle) -> tuple[tuple[int, ...], np.dtype] | None:
+    """``(shape, dtype)`` from the ``.npy`` header at the start of the open binary file ``handle`` (left just past
+    the header); None for a format version this code does not parse."""
+    version = np.lib.format.read_magic(handle)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        return None
+    shape, _, dtype = read_header(handle)
+    return tuple(shape), dtype
+
+
 def npy_size_problem(path: str | Path) -> str | None:
     """None if ``path`` holds at least the data bytes its ``.npy`` header declares; else what is wrong."""
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
+            header = npy_header(handle)
+            if header is None:
                 return None  # another format version: np.load judges it
-            shape, _, dtype = read_header(handle)
+            shape, dtype = header
             offset = handle.tell()
     except (ValueError, OSError, EOFError, SyntaxError):
         return None  # not a readable header: np.load reports it

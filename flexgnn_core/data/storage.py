@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flexgnn_core.data.checks import SPLITS, npy_size_problem, overlapping_splits
+from flexgnn_core.data.checks import SPLITS, npy_header, npy_size_problem, overlapping_splits
 from flexgnn_core.spec import Graph, GraphError
 
 FORMAT = "flexgnn-graph"
@@ -64,15 +64,9 @@ def _is_graph_dir(path: Path) -> bool:
     return (path / META_FILE).is_file()
 
 
-def _write_array(directory: Path, name: str, tensor: torch.Tensor) -> dict[str, Any]:
-    array = tensor.detach().cpu().numpy()
-    target = directory / f"{name}.npy"
-    with open(target, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    return {"file": target.name, "dtype": str(array.dtype), "shape": list(array.shape),
-            "bytes": target.stat().st_size}
+def _write_array(directory: Path, name: str, tensor: torch.Tensor) -> None:
+    with open(directory / f"{name}.npy", "wb") as f:
+        np.save(f, np.ascontiguousarray(tensor.detach().cpu().numpy()), allow_pickle=False)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -90,37 +84,59 @@ def save_graph(graph: Graph, path) -> None:
     alone and reported, so a typo never deletes user data.
     """
     path = Path(path)
-    if path.exists() and not (_is_graph_dir(path) or (path.is_dir() and not any(path.iterdir()))):
-        raise ValueError(f"save_graph: {path} exists and is not a graph directory (no {META_FILE}); choose another "
-                         "path or remove it yourself")
-    try:
-        provenance = json.loads(json.dumps(graph.provenance, allow_nan=False))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"save_graph: graph.provenance of '{graph.name}' is not JSON-serialisable ({err}); keep "
-                         "it to plain str/int/float/bool/list/dict values") from err
+    _check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        arrays = {name: _write_array(tmp, name, getattr(graph, name)) for name in ARRAYS}
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": graph.name,
-                "num_nodes": graph.num_nodes, "num_edges": graph.num_edges, "num_features": graph.num_features,
-                "num_classes": graph.num_classes, "arrays": arrays, "provenance": provenance}
-        with open(tmp / META_FILE, "w") as f:
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        old = None
-        if path.exists():  # a graph directory or an empty one: move it aside, swap in the new one, then delete
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            path.rename(old)
-        tmp.rename(path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        for name in ARRAYS:
+            _write_array(tmp, name, getattr(graph, name))
+        publish_graph_dir(tmp, path, graph.name, graph.num_classes, graph.provenance)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_target(path: Path) -> None:
+    if path.exists() and not (_is_graph_dir(path) or (path.is_dir() and not any(path.iterdir()))):
+        raise ValueError(f"save_graph: {path} exists and is not a graph directory (no {META_FILE}); choose another "
+                         "path or remove it yourself")
+
+
+def publish_graph_dir(tmp: Path, path: Path, name: str, num_classes: int, provenance: dict[str, Any]) -> None:
+    """Finish a graph directory whose ``.npy`` arrays are written in ``tmp`` (a sibling of ``path``): fsync the
+    arrays, write ``graph.json`` (sizes and per-array dtype, shape and bytes from the files), then rename ``tmp`` to
+    ``path``, replacing a graph directory there. The caller removes ``tmp`` if this raises."""
+    _check_target(path)
+    try:
+        provenance = json.loads(json.dumps(provenance, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"save_graph: the provenance of '{name}' is not JSON-serialisable ({err}); keep it to "
+                         "plain str/int/float/bool/list/dict values") from err
+    arrays = {}
+    for array_name in ARRAYS:
+        file = tmp / f"{array_name}.npy"
+        with open(file, "rb+") as f:
+            os.fsync(f.fileno())
+            shape, dtype = npy_header(f)  # np.save and open_memmap write versions 1.0 / 2.0
+        arrays[array_name] = {"file": file.name, "dtype": str(dtype), "shape": list(shape),
+                              "bytes": file.stat().st_size}
+    shape = lambda key: arrays[key]["shape"]  # noqa: E731
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "num_nodes": shape("rowptr")[0] - 1,
+            "num_edges": shape("col")[0], "num_features": shape("x")[1] if len(shape("x")) > 1 else 0,
+            "num_classes": num_classes, "arrays": arrays, "provenance": provenance}
+    with open(tmp / META_FILE, "w") as f:
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    old = None
+    if path.exists():  # a graph directory or an empty one: move it aside, swap in the new one, then delete
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        path.rename(old)
+    tmp.rename(path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_meta(path) -> dict[str, Any]:
