@@ -18,6 +18,7 @@ the kernels the FlexGNN engine uses (``flexgnn_core.kernels``), differentiated b
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -162,6 +163,13 @@ class CommCounters:
         self.seconds += time.perf_counter() - start
         return result
 
+    def count_exchange(self, inp: Tensor, out_counts: list[int], in_counts: list[int]) -> None:
+        """Bytes of one ``all_to_all_single``: rows sent and received times the row's bytes, taken from the shape
+        (a rank that sends no rows still receives some: ``inp[0:1]`` would make its row 0 bytes)."""
+        row_bytes = math.prod(inp.shape[1:]) * inp.element_size()
+        self.sent_bytes += sum(in_counts) * row_bytes
+        self.recv_bytes += sum(out_counts) * row_bytes
+
     def all_reduce(self, tensor: Tensor) -> Tensor:
         if dist.is_initialized() and dist.get_world_size() > 1:
             self.allreduce_bytes += tensor.numel() * tensor.element_size()
@@ -171,9 +179,7 @@ class CommCounters:
 
 def _all_to_all(output: Tensor, inp: Tensor, out_counts: list[int], in_counts: list[int],
                 counters: CommCounters) -> None:
-    row_bytes = inp[0:1].numel() * inp.element_size() if inp.dim() > 1 else inp.element_size()
-    counters.sent_bytes += sum(in_counts) * row_bytes
-    counters.recv_bytes += sum(out_counts) * row_bytes
+    counters.count_exchange(inp, out_counts, in_counts)
     counters.timed(dist.all_to_all_single, output, inp.contiguous(), out_counts, in_counts)
 
 

@@ -69,8 +69,16 @@ class Counters:
 
 def _select(data: Tensor, index: Tensor | slice) -> Tensor:
     """Rows of ``data``: a view for a range, ``index_select`` for an index tensor (on CPU 3-5x faster than
-    ``data[index]``'s advanced indexing for the halo gathers chunks do; results/LOG.md, 2026-11-28)."""
-    return data[index] if isinstance(index, slice) else torch.index_select(data, 0, index)
+    ``data[index]``'s advanced indexing for the halo gathers chunks do; results/LOG.md, 2026-11-28). The index
+    follows the data's device: a chunk kept on the host (graph placed off the device) still reads device-resident
+    rows (CUDA's ``index_select`` refuses a CPU index for CUDA data)."""
+    if isinstance(index, slice):
+        return data[index]
+    return torch.index_select(data, 0, _on(index, data.device))
+
+
+def _on(index: Tensor, device: torch.device) -> Tensor:
+    return index if index.device == device else index.to(device, non_blocking=True)
 
 
 class Buffer:
@@ -153,7 +161,7 @@ class Buffer:
         elif isinstance(index, slice):
             self.data[index] += rows
         else:
-            self.data.index_add_(0, long_index(index), rows)
+            self.data.index_add_(0, long_index(_on(index, self.data.device)), rows)
 
     def zero_(self) -> None:
         if self.tier == "disk":
