@@ -19,6 +19,11 @@ its thread and around the compute thread's wait. On CUDA copies are asynchronous
 queued, not done: there a fetch is timed by events on the side stream around it, and a wait by events on the
 compute stream before the compute thread waits for the fetch and after the compute stream waits on the fetch's
 event (the time the compute stream stood still for it). Event pairs are read (``settle``) when the counters are.
+
+Not yet run on a GPU (none was lent when this was written, 2026-12-01; results/LOG.md): the CUDA branches here
+follow PyTorch's documented stream and event semantics and are exercised by ``pytest -m gpu`` and
+``bench/gpu_check.py`` when a GPU is lent. Also left for then: a host-placed graph's chunk blocks still reach the
+device by blocking copies from pageable memory (``Engine._chunk``, outside the fetch clock: slower, not wrong).
 """
 
 from __future__ import annotations
