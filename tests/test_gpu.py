@@ -1,7 +1,9 @@
 """The same contracts on CUDA (``pytest -m gpu`` on a GPU machine; deselected by default, skipped without CUDA).
 
-CPU tests cover the logic; these check what only a GPU exercises: pinned host buffers, the side-stream prefetch,
-device copies of every tier, and the device budget against ``torch.cuda.max_memory_allocated``.
+CPU tests cover the logic; these check what only a GPU exercises: pinned staging slots and their events, the store's
+one side stream, device copies of every tier (a host-placed graph reading device rows included), the device budget
+against ``torch.cuda.max_memory_allocated`` less the cuBLAS workspaces, and NCCL DDP. ``bench/gpu_check.py`` runs
+them with the benchmark in one call on a lent GPU.
 """
 
 from __future__ import annotations
