@@ -18,7 +18,7 @@ the kernels the FlexGNN engine uses (``flexgnn_core.kernels``), differentiated b
 
 from __future__ import annotations
 
-import time
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from flexgnn_core import dropout, kernels, models
+from flexgnn_core.engine.transfer import StreamClock
 from flexgnn_core.spec import Graph, ModelSpec
 
 PARTITIONS = ("metis", "contiguous")
@@ -138,29 +139,44 @@ def build_shard(graph: Graph, parts: Tensor, rank: int, world_size: int,
 
 @dataclass
 class CommCounters:
-    """Bytes and seconds spent in collectives by this rank (halo exchanges and all-reduces)."""
+    """Bytes and seconds spent in collectives by this rank (halo exchanges and all-reduces).
+
+    Seconds: on CPU (gloo) a collective returns when it is done, so a wall clock around it is its time. On CUDA
+    (NCCL) it is queued: the compute stream is made to wait for it, so timing events recorded on the current
+    stream before and after it span the collective itself (waiting for peers included) without stopping the
+    device around every collective; they are read when the counters are (``snapshot``, once per epoch)."""
 
     device: torch.device
     sent_bytes: int = 0
     recv_bytes: int = 0
     allreduce_bytes: int = 0
-    seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    clock: StreamClock = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.clock = StreamClock(self.device)
+
+    @property
+    def seconds(self) -> float:
+        return self.clock.settle().get("comm", 0.0)
 
     def snapshot(self) -> dict:
         return {"sent_bytes": self.sent_bytes, "recv_bytes": self.recv_bytes,
                 "allreduce_bytes": self.allreduce_bytes, "comm_s": self.seconds}
 
     def timed(self, fn, *args, **kwargs):
-        # On CUDA the collectives are asynchronous: synchronise so the time is the collective's, not queued work's.
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        start = self.clock.mark(stream)
         result = fn(*args, **kwargs)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds += time.perf_counter() - start
+        self.clock.add("comm", start, self.clock.mark(stream))
         return result
+
+    def count_exchange(self, inp: Tensor, out_counts: list[int], in_counts: list[int]) -> None:
+        """Bytes of one ``all_to_all_single``: rows sent and received times the row's bytes, taken from the shape
+        (a rank that sends no rows still receives some: ``inp[0:1]`` would make its row 0 bytes)."""
+        row_bytes = math.prod(inp.shape[1:]) * inp.element_size()
+        self.sent_bytes += sum(in_counts) * row_bytes
+        self.recv_bytes += sum(out_counts) * row_bytes
 
     def all_reduce(self, tensor: Tensor) -> Tensor:
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -171,9 +187,7 @@ class CommCounters:
 
 def _all_to_all(output: Tensor, inp: Tensor, out_counts: list[int], in_counts: list[int],
                 counters: CommCounters) -> None:
-    row_bytes = inp[0:1].numel() * inp.element_size() if inp.dim() > 1 else inp.element_size()
-    counters.sent_bytes += sum(in_counts) * row_bytes
-    counters.recv_bytes += sum(out_counts) * row_bytes
+    counters.count_exchange(inp, out_counts, in_counts)
     counters.timed(dist.all_to_all_single, output, inp.contiguous(), out_counts, in_counts)
 
 

@@ -14,6 +14,8 @@ Why: the engine's speedups only mean something if training is exact (tests/test_
 every other system. Each run is its own subprocess so that no run inherits another's memory or warm caches.
 On CPU "device" and "host" are both CPU memory: tiers are accounted apart and host/disk reads are real copies.
 
+On CUDA, ``$FLEXGNN_DEVICE_CAP_BYTES`` makes a hard allocator limit of every run (``bench/gpu_check.py`` sets it).
+
 Command (moderate size, some minutes on 2 shared cores):
     python bench/flexgnn_vs_pyg.py --nodes 50000 --avg-degree 20 --features 128 --hidden 128 --epochs 3
 The last stdout line is one compact JSON record of all runs.
@@ -56,7 +58,11 @@ def run_training(args, job: dict) -> dict:
     from flexgnn_core.plan import Budgets
     from flexgnn_core.plan.solvers import NEEDS_HARDWARE, solve
 
+    from flexgnn_core.memory import cap_device_memory
+    from flexgnn_core.spec import resolve_device
+
     graph, model, params, train = common.setup_run(args, job["model"], device="auto")
+    cap_fraction = cap_device_memory(resolve_device(train.device))  # $FLEXGNN_DEVICE_CAP_BYTES on CUDA, else None
     options = dict(job.get("options", {}))
     if job["system"] == "pyg":
         result = pyg_fullgraph.train(graph, model, params, train, {"path": "csr"})
@@ -76,6 +82,7 @@ def run_training(args, job: dict) -> dict:
             "epoch_losses": result.epoch_losses, "tier_peak_bytes": result.tier_peak_bytes,
             "io_bytes": result.io_bytes, "peak_bytes": result.peak_bytes, "extra": result.extra,
             "plan": result.plan, "num_nodes": graph.num_nodes, "num_edges": graph.num_edges,
+            "device": result.device, "device_cap_fraction": cap_fraction,
             "threads": torch.get_num_threads()}
 
 

@@ -8,6 +8,9 @@ predictions and ``flexgnn_core.evaluate.Evaluation`` scores them (OGB's ``Evalua
 Model selection (``TrainSpec.select``): ``last`` evaluates once after the last epoch; ``best_val`` evaluates after
 every epoch's update (as OGB's examples do), outside the epoch's clock, and keeps the parameters and accuracies of
 the epoch with the best validation accuracy (the first one on ties) beside the last epoch's.
+
+Memory: ``peak_bytes`` is measured here too, over the training epochs only (``memory.TrainingPeak``): the same
+window for every system, so one system's preprocessing or evaluation peak never counts against it alone.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import Tensor
 
 from flexgnn_core.evaluate import Evaluation
+from flexgnn_core.memory import TrainingPeak
 from flexgnn_core.spec import RunResult, TrainSpec
 
 
@@ -56,6 +60,7 @@ def timed_training(
     order) scored by ``evaluation``: once at the end, or after every epoch with ``train.select == "best_val"``.
 
     ``result_fields`` are passed on to ``RunResult`` (``plan``, ``io_bytes``, ``tier_peak_bytes``, ``extra``).
+    ``peak_bytes`` is measured here, over the training epochs only (``memory.TrainingPeak``), for every system.
     """
     losses: list[float] = []
     times: list[float] = []
@@ -65,13 +70,16 @@ def timed_training(
     task = bar.add_task(f"{system} epochs", total=train.epochs, status="") if bar else None
     if bar:
         bar.start()
+    meter = TrainingPeak(device)  # the one memory window of every system: the training epochs (warm-up included)
     try:
         for epoch in range(train.epochs):
             synchronize(device)
+            meter.open()
             start = time.perf_counter()
             loss = float(step(epoch))
             synchronize(device)
             times.append(time.perf_counter() - start)
+            meter.close()
             losses.append(loss)
             if every_epoch:
                 scored(epoch)
@@ -85,11 +93,14 @@ def timed_training(
         scored(train.epochs - 1)
     all_timings = {**dict(timings_s or {}), "eval": scored.seconds}
     params = _cpu_copy(final_params()) if final_params is not None else None
-    return RunResult(system=system, epoch_losses=losses, epoch_times_s=times, warmup_epochs=train.warmup_epochs,
+    result = RunResult(system=system, epoch_losses=losses, epoch_times_s=times, warmup_epochs=train.warmup_epochs,
                      accuracy=scored.last, device=str(device), timings_s=all_timings, final_params=params,
                      best_val=scored.best if every_epoch else None,
                      epoch_val_acc=scored.val_history if every_epoch else None, evaluator=evaluation.name,
-                     best_params=scored.best_params, predictions=scored.predictions, **result_fields)
+                     best_params=scored.best_params, predictions=scored.predictions,
+                     peak_bytes=meter.peak_bytes, **{**result_fields, "extra": dict(result_fields.get("extra") or {})})
+    result.extra["host_peak_reset"] = meter.host_reset
+    return result
 
 
 def _cpu_copy(params: Mapping[str, Tensor]) -> dict[str, Tensor]:

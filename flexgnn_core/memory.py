@@ -65,6 +65,52 @@ class PeakMemoryMeter:
         self.peak_bytes = {"device": device_peak, "host": host_peak_bytes()}
 
 
+class TrainingPeak:
+    """Peak memory over the training epochs only, the same window for every system (``loop.timed_training`` opens
+    it around each epoch's step and closes it after the device is synchronised): preprocessing, loading and
+    evaluation between epochs are outside it, what is resident through training (graph, features, buffers,
+    parameters, optimiser state) is inside. ``peak_bytes``: {"device": max over epochs of
+    ``torch.cuda.max_memory_allocated`` after a reset at the epoch's start (None off CUDA), "host": max over epochs
+    of ``VmHWM`` after a reset (the process peak since its start where ``host_reset`` is False)}.
+
+    Nothing here touches CUDA before the first window opens: by then the caller (a DDP rank) has set its device,
+    so no context is made on GPU 0 by the meter (the harness no longer meters around the system)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.device_peak: int | None = None
+        self.host_peak = 0
+        self.host_reset = True
+
+    def open(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.host_reset = _reset_host_peak() and self.host_reset
+
+    def close(self) -> None:
+        if self.device.type == "cuda":
+            self.device_peak = max(self.device_peak or 0, int(torch.cuda.max_memory_allocated(self.device)))
+        self.host_peak = max(self.host_peak, host_peak_bytes())
+
+    @property
+    def peak_bytes(self) -> dict[str, int | None]:
+        return {"device": self.device_peak, "host": self.host_peak or None}
+
+
+def release_cublas_workspaces(device: torch.device) -> int | None:
+    """Free the cuBLAS / cuBLASLt workspaces torch holds per (handle, stream) on ``device`` and return their bytes
+    (the drop in ``memory_allocated``); None off CUDA or where this torch cannot clear them. They come from the
+    caching allocator (32 MiB each on sm90), so ``max_memory_allocated`` counts them although no plan places them:
+    a device budget is compared with the peak less these bytes. They are made again on the next matmul."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if device.type != "cuda" or clear is None:
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    clear()
+    return int(before - torch.cuda.memory_allocated(device))
+
+
 def device_memory_fraction(budget_bytes: int, total_bytes: int) -> float:
     """``budget_bytes`` as the share of a device's ``total_bytes`` that the allocator may hold (at most 1)."""
     if budget_bytes <= 0 or total_bytes <= 0:

@@ -17,7 +17,6 @@ def train_job(settings: Settings, train_fn: Any) -> tuple[dict[str, Any], dict[s
     """Load the graph and train; returns (graph statistics, result JSON with load time and peak memory)."""
     from flexgnn_core.data import load_dataset
     from flexgnn_core.machine import release_free_heap
-    from flexgnn_core.memory import PeakMemoryMeter
     from flexgnn_core.models import init_params
     from flexgnn_core.spec import resolve_device
 
@@ -34,10 +33,10 @@ def train_job(settings: Settings, train_fn: Any) -> tuple[dict[str, Any], dict[s
              graph.num_features, graph.num_classes, settings.train.epochs, settings.train.warmup_epochs,
              settings.train.device, load_s)
     params = init_params(settings.model, graph.num_features, graph.num_classes, settings.train.seed)
-    with PeakMemoryMeter(device) as meter:
-        result = train_fn(graph, settings.model, params, settings.train, options)
-    # A system that measures itself (e.g. worker processes) wins over the harness's in-process meter.
-    result.peak_bytes = {**meter.peak_bytes, **{k: v for k, v in result.peak_bytes.items() if v is not None}}
+    # No meter here: every system's peaks come from the shared loop's window, the training epochs only
+    # (flexgnn_core.memory.TrainingPeak); a meter around train_fn would add this process's preprocessing, and on
+    # CUDA it made a context on GPU 0 in the launcher and in every torchrun rank before the rank set its device.
+    result = train_fn(graph, settings.model, params, settings.train, options)
     result.timings_s = {"load": load_s, **result.timings_s}
     if calibrate_s:  # measured (or loaded) before the data, by the harness's calibration step
         result.timings_s["calibrate"] = calibrate_s + result.timings_s.get("calibrate", 0.0)

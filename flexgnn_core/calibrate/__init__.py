@@ -14,6 +14,8 @@
 - halo gathers: a gather of random rows and a scatter-add back on the device (chunks do both with halo rows);
 - GAT's edge softmax per edge and head (what recomputing attention costs);
 - dropout masks (``flexgnn_core.dropout``) made and applied per entry;
+- copy/compute overlap (CUDA): a pinned copy and matmuls on two streams, timed apart and together
+  (``micro.copy_compute_overlap``; on CPU recorded as not measured there, and the engine probe measures it);
 - engine probe (``probe.engine_probe``): small engine runs correct what microbenchmarks miss: the aggregation and the
   other compute rates and the engine's per-step overhead (three all-device GCN runs: two densities, two P), the
   prefetch overlap on CPU (hidden over fetch time of an all-host run), the host links, and GAT's attention rates
@@ -60,10 +62,15 @@ MEASURE_LOCK_TIMEOUT_S = 900.0  # a measurement takes seconds; a holder this slo
 SCHEMA = 7
 
 
-def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = True) -> Hardware:
+def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = True,
+            notes: dict | None = None) -> Hardware:
     """Microbenchmark this machine (``scale`` multiplies the problem sizes; 1 takes a few seconds on 2 CPU cores),
-    then correct the rates with a short engine run (``probe``)."""
+    then correct the rates with a short engine run (``probe``). ``notes`` (a dict) receives how the overlap was
+    obtained (``overlap``: measured on CUDA by ``micro.copy_compute_overlap``, "not measured" by it on CPU)."""
     device = torch.device(device)
+    overlap, how = micro.copy_compute_overlap(device, int(16_000_000 * scale))
+    if notes is not None:
+        notes["overlap"] = {"value": overlap, "method": how}
     rows = int(20_000 * scale)
     h2d, d2h = micro.links(device, int(2_000_000 * scale))
     disk_read, disk_write = micro.disk(int(16 * 2**20 * scale))
@@ -75,7 +82,7 @@ def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = 
                   gather_bytes_per_s=micro.gather(device, int(8_000_000 * scale)),  # past the caches
                   gat_softmax_edge_head_per_s=micro.softmax(device, rows),
                   dropout_mask_per_s=micro.dropout_masks(device, rows),
-                  overlap=1.0 if device.type == "cuda" else 0.0, source="measured")
+                  overlap=0.0 if overlap is None else overlap, source="measured")
     if not probe:
         return hw
     hw, _ = engine_probe(hw, device, int(20_000 * scale))
@@ -145,10 +152,11 @@ def load_or_measure(device: str | torch.device | None = None, force: bool = Fals
     with measuring(path):
         if not force and (hw := _cached(path)) is not None:  # another process measured while this one waited
             return hw
-        hw = measure(device, scale)
+        notes: dict = {}
+        hw = measure(device, scale, notes=notes)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"schema": SCHEMA, "fingerprint": fingerprint(device), "measured_utc": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "hardware": hw.to_json()}
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "hardware": hw.to_json(), **notes}
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calibration-", suffix=".tmp")
         with os.fdopen(handle, "w") as out:  # atomic: a reader sees the old file or the new one, never half of one
             out.write(json.dumps(record, indent=1, sort_keys=True))

@@ -103,10 +103,15 @@ def links(device: torch.device, numel: int) -> tuple[float, float]:
     index = torch.randperm(rows)[: rows // 2].sort().values
     staging = torch.empty(rows // 2, 64, pin_memory=pinned)
     target = torch.empty(rows // 2, 64, device=device)
+    copied = torch.cuda.Event() if pinned else None  # the last copy out of ``staging``
 
     def h2d():
+        if copied is not None:
+            copied.synchronize()  # the gather must not overwrite staging while its last copy is in flight
         torch.index_select(host, 0, index, out=staging)
         target.copy_(staging, non_blocking=pinned)
+        if copied is not None:
+            copied.record()
 
     source = torch.rand(rows, 64, device=device)
     back = torch.empty(rows, 64, pin_memory=pinned)
@@ -142,3 +147,41 @@ def step_overhead(device: torch.device) -> float:
         torch.sparse.mm(matrix, x) @ w + h.sum()
 
     return _time(lambda: [step() for _ in range(20)], device) / 20
+
+
+NOT_MEASURED_ON_CPU = ("not measured: a CPU has no copy engine to overlap; the engine probe measures the share of "
+                       "fetch time its prefetch thread hides")
+
+
+def copy_compute_overlap(device: torch.device, numel: int) -> tuple[float | None, str]:
+    """The share of the shorter of a host -> device copy and a matmul loop that runs hidden when the two run on
+    two streams at once: ``(copy_s + compute_s - together_s) / min(copy_s, compute_s)``, in [0, 1]; the loop is
+    sized to last about as long as the copy. CUDA only (pinned source, each side timed alone, then both together,
+    medians of ``_time``); on CPU ``(None, NOT_MEASURED_ON_CPU)``. Returns the value and how it was obtained."""
+    if device.type != "cuda":
+        return None, NOT_MEASURED_ON_CPU
+    copy_stream, compute_stream = torch.cuda.Stream(device), torch.cuda.Stream(device)
+    host = torch.rand(numel).pin_memory()
+    target = torch.empty(numel, device=device)
+    a = torch.rand(2048, 2048, device=device)
+    out = torch.empty_like(a)
+
+    def copy():
+        with torch.cuda.stream(copy_stream):
+            target.copy_(host, non_blocking=True)
+
+    def matmuls(count: int):
+        def run():
+            with torch.cuda.stream(compute_stream):
+                for _ in range(count):
+                    torch.mm(a, a, out=out)
+        return run
+
+    copy_s = _time(copy, device)
+    count = max(1, round(copy_s / _time(matmuls(1), device)))
+    compute_s = _time(matmuls(count), device)
+    together_s = _time(lambda: (copy(), matmuls(count)()), device)
+    share = (copy_s + compute_s - together_s) / min(copy_s, compute_s)
+    return min(max(share, 0.0), 1.0), (f"measured: a {numel * 4} B pinned copy and {count} 2048^2 matmuls on two "
+                                       f"streams: {copy_s:.6f} s and {compute_s:.6f} s apart, {together_s:.6f} s "
+                                       "together")

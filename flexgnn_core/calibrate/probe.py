@@ -103,7 +103,7 @@ def engine_probe(hw: Hardware, device: torch.device, nodes: int, repeats: int = 
     agg_scale = before.agg_edge_width_per_s / hw.agg_edge_width_per_s
     rest_scale = before.matmul_flop_per_s / hw.matmul_flop_per_s
     overlap = hw.overlap
-    if device.type != "cuda" and host_extra["prefetch_fetch_s"] > 0:  # GPU profiles keep theirs (copy engines)
+    if device.type != "cuda" and host_extra["prefetch_fetch_s"] > 0:  # CUDA: micro.copy_compute_overlap measured it
         # The share of fetch time the engine's background prefetch hid under compute in the all-host run, whose
         # passes' first chunks cannot be hidden (cost.overlap: x (P - 1) / P): scaled to the share as P grows.
         hidden = host_extra["prefetch_hidden_s"] / host_extra["prefetch_fetch_s"]

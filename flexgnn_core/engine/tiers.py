@@ -1,7 +1,8 @@
 """Tier storage for whole-graph intermediates, with every byte counter in one place.
 
 - ``device``: CUDA when present, else CPU memory (accounted apart from host so that plans are checked here too).
-- ``host``: CPU memory, pinned when CUDA is present. Reads copy the rows to the device (a real copy on CPU too).
+- ``host``: CPU memory (plain: exactly the accounted bytes). Reads copy the rows to the device (a real copy on CPU
+  too); on CUDA through the store's pinned staging slots, asynchronously (``engine.transfer``).
 - ``disk``: one file per buffer in a private working directory (``diskfile.RowFile``: explicit positioned I/O,
   ``O_DIRECT`` where the file system takes it, space reserved up front), removed when the store closes (also on
   error or Ctrl-C: the store is a context manager and registers an ``atexit`` fallback). The disk tier's staging
@@ -12,7 +13,9 @@
 actually moved (``disk_actual``: whole aligned blocks) and the prefetch overlap times. Counters are updated under
 a lock: prefetch threads read too.
 ``TierStore.prefetched`` runs a pass's fetches one chunk ahead in a background thread when they read off-device
-tiers.
+tiers, on CUDA on the store's one side stream (one stream for the store's life: each new stream would bring cuBLAS
+a new workspace for the matmuls a fetch runs), ordered after the compute stream's work by an event recorded when
+the fetch is submitted (what the fetch reads was queued before then), and timed by events (``StreamClock``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import atexit
 import shutil
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from torch import Tensor
 
 from flexgnn_core import workdirs
 from flexgnn_core.engine.diskfile import RowFile, Staging, aligned
+from flexgnn_core.engine.transfer import PinnedPool, StreamClock
 from flexgnn_core.kernels import long_index
 from flexgnn_core.plan.problem import MAX_STAGING_BYTES, STAGING_THREADS
 from flexgnn_core.spec import TIERS
@@ -45,9 +48,16 @@ class Counters:
     peak: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TIERS})
     links: dict[str, int] = field(default_factory=lambda: {k: 0 for k in STORE_LINKS})
     disk_actual: dict[str, int] = field(default_factory=lambda: {"read": 0, "write": 0})  # closed files' totals
-    fetch_s: float = 0.0  # time spent fetching in the prefetch thread
-    wait_s: float = 0.0  # time the compute thread waited for a prefetch
+    clock: StreamClock = field(default_factory=lambda: StreamClock(torch.device("cpu")), repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def fetch_s(self) -> float:  # time spent fetching ahead (in the prefetch thread; on CUDA on the side stream)
+        return self.clock.settle()["fetch"]
+
+    @property
+    def wait_s(self) -> float:  # time the compute thread (on CUDA: the compute stream) waited for a prefetch
+        return self.clock.settle()["wait"]
 
     def hold(self, tier: str, nbytes: int) -> None:
         with self.lock:
@@ -64,13 +74,22 @@ class Counters:
 
     @property
     def hidden_s(self) -> float:
-        return max(self.fetch_s - self.wait_s, 0.0)
+        seconds = self.clock.settle()
+        return max(seconds["fetch"] - seconds["wait"], 0.0)
 
 
 def _select(data: Tensor, index: Tensor | slice) -> Tensor:
     """Rows of ``data``: a view for a range, ``index_select`` for an index tensor (on CPU 3-5x faster than
-    ``data[index]``'s advanced indexing for the halo gathers chunks do; results/LOG.md, 2026-11-28)."""
-    return data[index] if isinstance(index, slice) else torch.index_select(data, 0, index)
+    ``data[index]``'s advanced indexing for the halo gathers chunks do; results/LOG.md, 2026-11-28). The index
+    follows the data's device: a chunk kept on the host (graph placed off the device) still reads device-resident
+    rows (CUDA's ``index_select`` refuses a CPU index for CUDA data)."""
+    if isinstance(index, slice):
+        return data[index]
+    return torch.index_select(data, 0, _on(index, data.device))
+
+
+def _on(index: Tensor, device: torch.device) -> Tensor:
+    return index if index.device == device else index.to(device, non_blocking=True)
 
 
 class Buffer:
@@ -83,7 +102,7 @@ class Buffer:
         if tier == "device":
             self.data = torch.zeros(shape, dtype=torch.float32, device=store.device)
         elif tier == "host":
-            self.data = torch.zeros(shape, dtype=torch.float32, pin_memory=store.device.type == "cuda")
+            self.data = torch.zeros(shape, dtype=torch.float32)  # rows go to the device through pinned slots
         else:
             path = store.disk_path(name)
             try:
@@ -116,12 +135,21 @@ class Buffer:
             rows = rows.view(-1, *self.shape[1:])
             counters.moved("disk_read", rows.numel() * 4)
             counters.moved("h2d", rows.numel() * 4)
-            return rows if device.type == "cpu" else rows.pin_memory().to(device, non_blocking=True)
-        rows = _select(self.data, index)
-        counters.moved("h2d", rows.numel() * 4)
-        if device.type == "cpu":
+            if device.type == "cpu":
+                return rows
+            return self.store.pinned.to_device(rows.shape[0], self.shape[1:],
+                                               lambda a, b, out: out.copy_(rows[a:b]))
+        if device.type == "cpu" and not self.store.pinned.staged:
+            rows = _select(self.data, index)
+            counters.moved("h2d", rows.numel() * 4)
             return rows.clone()  # the host -> device copy, real on CPU too so that offload costs show
-        return rows.to(device)
+        count = index.stop - index.start if isinstance(index, slice) else index.numel()
+        counters.moved("h2d", count * (self.nbytes // max(self.shape[0], 1)))
+        if isinstance(index, slice):
+            fill = lambda a, b, out: out.copy_(self.data[index.start + a:index.start + b])  # noqa: E731
+        else:
+            fill = lambda a, b, out: torch.index_select(self.data, 0, index[a:b], out=out)  # noqa: E731
+        return self.store.pinned.to_device(count, self.shape[1:], fill)
 
     def write(self, index: slice, rows: Tensor) -> None:
         if self.tier == "device":
@@ -132,7 +160,7 @@ class Buffer:
             self.store.counters.moved("disk_write", rows.numel() * 4)
             self.file.write_range(index.start, rows.reshape(rows.shape[0], self.file.width).cpu())
             return
-        self.data[index] = rows.cpu()
+        self.data[index].copy_(rows)  # from the device: waits for the current stream only
 
     def add(self, index: Tensor | slice, rows: Tensor) -> None:
         """``self[index] += rows`` (indices sorted and distinct); off-device a read-modify-write of those rows."""
@@ -153,7 +181,7 @@ class Buffer:
         elif isinstance(index, slice):
             self.data[index] += rows
         else:
-            self.data.index_add_(0, long_index(index), rows)
+            self.data.index_add_(0, long_index(_on(index, self.data.device)), rows)
 
     def zero_(self) -> None:
         if self.tier == "disk":
@@ -184,6 +212,10 @@ class TierStore:
         self._workdir: Path | None = None
         self._staging_held = 0
         self.disk_modes: set[str] = set()  # "direct" (O_DIRECT) or "buffered", per disk buffer made
+        self.counters.clock = StreamClock(device)
+        self.pinned = PinnedPool(device, lambda n: self.counters.hold("host", n),
+                                 lambda n: self.counters.release("host", n), self.staging.size)
+        self._stream = None  # the one side stream of this store (CUDA), made on first prefetch
         atexit.register(self.close)
 
     def uses_disk(self) -> None:
@@ -236,22 +268,32 @@ class TierStore:
         with self.counters.lock:
             return sum(self.counters.links.values())
 
+    def side_stream(self):
+        """The store's one side stream on CUDA (None elsewhere): prefetches of every pass run on it."""
+        if self._stream is None and self.device.type == "cuda":
+            self._stream = torch.cuda.Stream(self.device)
+        return self._stream
+
     def prefetched(self, items: Sequence[Any], fetch: Callable[[Any], dict],
                    prefetch: bool = True) -> Iterator[tuple[Any, dict]]:
         """``(item, fetch(item))`` in order. The first fetch runs here; when it moved bytes over a link (what it
         reads lives off the device) and ``prefetch`` is on, each next item's fetch runs in a worker thread while
-        the caller computes on this one (on CUDA on a side stream, so copies overlap kernels); the time fetches
-        took, the time the caller waited and so the time hidden are counted. What a fetch returns is device
-        working memory while held (``fresh``: the tensors that are new memory, not buffer views)."""
+        the caller computes on this one (on CUDA on the store's side stream, so copies overlap kernels); the time
+        fetches took, the time the caller waited and so the time hidden are counted (``StreamClock``). What a fetch
+        returns is device working memory while held (``fresh``: the tensors that are new memory, not buffer
+        views)."""
         if not items:
             return
-        before, start = self.moved_bytes(), time.perf_counter()
+        stream = self.side_stream()
+        compute = torch.cuda.current_stream(self.device) if stream is not None else None
+        clock = self.counters.clock
+        before, start = self.moved_bytes(), clock.mark(compute)
         first = fetch(items[0])
         background = prefetch and len(items) > 1 and self.moved_bytes() > before
         if background:  # the first fetch has nothing to hide behind: all of it is waited for
-            elapsed = time.perf_counter() - start
-            self.counters.fetch_s += elapsed
-            self.counters.wait_s += elapsed
+            end = clock.mark(compute)
+            clock.add("fetch", start, end)
+            clock.add("wait", start, end)
         if not background:
             for i, item in enumerate(items):
                 fetched = first if i == 0 else fetch(item)
@@ -259,42 +301,43 @@ class TierStore:
                 yield item, fetched
                 self.untrack(held)
             return
-        counters, device = self.counters, self.device
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        compute = torch.cuda.current_stream(device) if stream is not None else None
 
-        def timed(item: Any) -> tuple[dict, int]:
+        def timed(item: Any, ready) -> tuple[dict, int, Any]:
             torch.set_num_threads(1)  # this thread's own OpenMP setting: its copies leave the cores to the compute
-            start = time.perf_counter()
             if stream is None:
+                begin = clock.mark()
                 out = fetch(item)
-            else:
-                stream.wait_stream(compute)  # read only what the compute stream has finished writing
-                with torch.cuda.stream(stream):
-                    out = fetch(item)
-                stream.synchronize()
-            counters.fetch_s += time.perf_counter() - start
-            return out, self.track(*self.fresh(*out.values()))  # in flight counts as device memory
+                clock.add("fetch", begin, clock.mark())
+                return out, self.track(*self.fresh(*out.values())), None
+            with torch.cuda.stream(stream):
+                stream.wait_event(ready)  # read only what the compute stream had queued when this was submitted
+                begin = clock.mark(stream)
+                out = fetch(item)
+                done = clock.mark(stream)
+            clock.add("fetch", begin, done)
+            return out, self.track(*self.fresh(*out.values())), done  # in flight counts as device memory
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             future = None
             for i, item in enumerate(items):
-                start = time.perf_counter()
                 if i == 0:
                     fetched, held = first, self.track(*self.fresh(*first.values()))
                 else:
-                    fetched, held = future.result()
-                    if stream is not None:  # memory made on the side stream is now used on the compute stream
-                        for value in fetched.values():
+                    waiting = clock.mark(compute)  # before this thread waits: a host wait stalls the stream too
+                    fetched, held, done = future.result()
+                    if stream is not None:
+                        compute.wait_event(done)  # the compute stream, not this thread, waits for the copies
+                        for value in fetched.values():  # memory made on the side stream, used on compute's
                             if isinstance(value, Tensor) and value.is_cuda:
                                 value.record_stream(compute)
-                    counters.wait_s += time.perf_counter() - start
+                    clock.add("wait", waiting, clock.mark(compute))
                 if i + 1 < len(items):
-                    future = pool.submit(timed, items[i + 1])
+                    future = pool.submit(timed, items[i + 1], clock.mark(compute) if stream is not None else None)
                 yield item, fetched
                 self.untrack(held)
 
     def close(self) -> None:
+        self.pinned.close()
         for buffer in list(self.buffers.values()):
             if buffer.data is not None or buffer.file is not None:
                 buffer.free()
