@@ -31,6 +31,7 @@ from harness import resume, signals
 from harness.config import ConfigError, Settings, validate
 from harness.job import train_job
 from harness.systems import SystemUnavailable, get_train_fn, preflight
+from harness.naming import run_name, source_tags
 from harness.tracking import PARENT_ID_FILE, Store
 
 RECORDS_SUBDIR = "records"
@@ -107,13 +108,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
     config_yaml = records.redact(OmegaConf.to_yaml(cfg, resolve=True))
     runs_dir = Path(cfg.runs_dir)
-    name = f"{settings.system_name}-{settings.model.kind}-{settings.dataset_name}"
     store = Store.open(cfg.mlflow, runs_dir) if cfg.mlflow.enabled else None
     run_id = None
     if store:
-        run_id = store.start_run(name, {"system": settings.system_name, "model": settings.model.kind,
-                                        "dataset": settings.dataset_name, "commit": git["commit"],
-                                        "dirty": git["dirty"]}, job.get("parent_run_id"))
+        run_id = store.start_run(run_name(settings.system_name, config), {
+            "system": settings.system_name, "model": settings.model.kind, "dataset": settings.dataset_name,
+            "commit": git["commit"], "dirty": git["dirty"], **source_tags(git)}, job.get("parent_run_id"))
     tracking = {"tracking_uri": store.uri, "experiment_id": store.experiment_id, "run_id": run_id,
                 "parent_run_id": job.get("parent_run_id")} if store else None
     common["tracking"] = tracking

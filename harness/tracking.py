@@ -38,6 +38,8 @@ PARENT_ID_FILE = "mlflow_parent_run_id.txt"
 _MAX_PARAM_CHARS = 6000
 OWNER_TAGS = ("flexgnn.host", "flexgnn.pid", "flexgnn.pid_started")  # which process a run belongs to
 LOCK_TIMEOUT_S = 600.0
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces), where training runs are hidden
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 log = logging.getLogger("harness")
 
 
@@ -82,6 +84,8 @@ class Store:
                 experiment_id = client.create_experiment(name, artifact_location=location)
             else:
                 experiment_id = experiment.experiment_id
+            if (experiment is None or experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND):
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         store = cls(client=client, experiment_id=experiment_id, uri=uri)
         store.close_orphaned_runs()
         return store
@@ -135,7 +139,8 @@ class Store:
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
-        params = [Param(key, _param_value(value)) for key, value in flatten(record["config"]).items()]
+        params = [Param(key, _param_value(value)) for key, value in flatten(record["config"]).items()
+                  if value is not None]  # unset (null) stays absent, not the string "null"
         metrics = [Metric(key, value, now, step) for key, value, step in metrics_of(record)]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start:start + 100])
@@ -174,7 +179,7 @@ def _lock_path(uri: str, runs_dir: Path) -> Path:
 
 
 def _param_value(value: Any) -> str:
-    text = "null" if value is None else str(value)
+    text = str(value)
     return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
 
 
@@ -226,6 +231,11 @@ def count_jobs(config: DictConfig) -> int | None:
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
+        grids = config.hydra.sweeper.get("grids")  # hydra_plugins/flexgnn_grids: a sweep of named grids
+        if grids:
+            from hydra_plugins.flexgnn_grids.grids_sweeper import expand
+
+            return len(expand(grids, list(config.hydra.overrides.task), config.hydra.sweeper.get("only")))
         params = config.hydra.sweeper.get("params")  # None for a plain command-line multirun
         params = OmegaConf.to_container(params, resolve=False) if params else {}
         strings = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
@@ -330,10 +340,12 @@ class SweepCallback(Callback):
             return
         self.finished = True
         SweepCallback.running = None
+        from harness.comparisons import end_of_sweep
         from harness.report import write_reports
         from harness.report_planner import summary_line
 
         tables, planner = write_reports(sorted(self.sweep_dir.glob("*/record.json")), self.sweep_dir)
+        end_of_sweep(self.store, self.parent_run_id, self.sweep_dir)  # comparisons in MLflow, tables on stderr
         if self.store and self.parent_run_id:
             for path in tables:
                 self.store.client.log_artifact(self.parent_run_id, str(path))
