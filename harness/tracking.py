@@ -282,9 +282,12 @@ class SweepCallback(Callback):
             if earlier and self._reopen(earlier):
                 self.parent_run_id = earlier
             else:
+                from harness.naming import source_tags
+                from harness.record import git_info
+
                 self.parent_run_id = self.store.start_run(
                     f"sweep-{self.sweep_dir.name}", {"kind": "sweep", "sweep_dir": self.sweep_dir.resolve(),
-                                                      "num_jobs": self.total})
+                                                      "num_jobs": self.total, **source_tags(git_info())})
                 parent_file.write_text(self.parent_run_id + "\n")
         if config.get("resume") and not resumed:
             print("resume: no earlier sweep of this command in this runs_dir; starting a new one", file=sys.stderr)
