@@ -11,7 +11,9 @@ last job ends (``harness.tracking.SweepCallback``), ``log_comparisons`` adds to 
 - ``mem/real_peak_bytes``: the kernel's peak of the whole job under ``hardware.memory_cap``, else the process's host
   peak: one comparable number for every system;
 
-and to the parent run the claims as ``claims/...`` metrics (``harness.claims.metrics_of_claims``).
+and to the parent run the claims as ``claims/...`` metrics (``harness.claims.metrics_of_claims``). It also saves a
+shared view of the runs table on the experiment (``VIEW_KEY``: the speed-up, parity and peak columns, sorted by
+speed-up, the sweep's children expanded), which ``view_url`` opens in MLflow's model-training view.
 ``terminal_tables`` is what the terminal shows at the end: a compact summary and the claims table.
 """
 
@@ -23,6 +25,11 @@ from typing import Any
 
 from harness.claims import claim_rows, label_of, metrics_of_claims, speedups
 from harness.summary import summarize
+
+VIEW_KEY = "comparisons"  # the experiment tag mlflow.sharedViewState.comparisons (MLflow 3's shared views)
+VIEW_COLUMNS = ("metrics.`speedup_vs_pyg`", "metrics.`time/epoch_median_s`", "tags.`parity`",
+                "metrics.`parity/max_rel_loss_diff`", "metrics.`mem/real_peak_bytes`", "metrics.`test/acc`",
+                "attributes.`Source`")
 
 
 def _metric_name(label: str) -> str:
@@ -65,7 +72,25 @@ def log_comparisons(store: Any, parent_run_id: str | None, records: list[dict[st
         (r.get("memory_cap") or {}).get("cap_bytes") for r in records) else {}
     if parent_run_id and claims:
         store.log_summary(parent_run_id, claims)
+    share_view(store.client, store.experiment_id, parent_run_id)
     return claims
+
+
+def share_view(client: Any, experiment_id: str, parent_run_id: str | None) -> None:
+    """Save the comparison columns as the experiment's shared view ``VIEW_KEY`` (the runs table shows only
+    attribute columns until a user picks metrics)."""
+    import json
+
+    state = {"selectedColumns": list(VIEW_COLUMNS), "orderByKey": VIEW_COLUMNS[0], "orderByAsc": False,
+             "runsExpanded": {parent_run_id: True} if parent_run_id else {}}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
+
+
+def view_url(base: str, experiment_id: str) -> str:
+    """The runs table with the comparison columns, in the model-training view (MLflow 3.17 opens an experiment in
+    its GenAI view otherwise)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning" \
+           f"&viewStateShareKey={VIEW_KEY}"
 
 
 def terminal_tables(records: list[dict[str, Any]], claims_md: str | None) -> str:
@@ -101,3 +126,6 @@ def end_of_sweep(store: Any, parent_run_id: str | None, sweep_dir: Any) -> None:
     claims = Path(sweep_dir) / "claims.md"
     print("\n" + terminal_tables(records, claims.read_text() if claims.exists() else None), file=sys.stderr,
           flush=True)
+    if store is not None:
+        print(f"MLflow (after `mlflow ui --backend-store-uri {store.uri}`): "
+              f"{view_url('http://127.0.0.1:5000', store.experiment_id)}", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ cells count; parity flags a curve that left PyG's; MLflow gets the metrics on ch
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -143,7 +144,9 @@ def test_comparisons_reach_mlflow_children_and_parent(harness_dirs, mlflow_clien
     flex = mlflow_client.get_run(ids["flex75"]).data
     assert flex.metrics["speedup_vs_pyg"] == pytest.approx(4.0) and flex.tags["parity"] == "ok"
     experiment = mlflow_client.get_experiment(store.experiment_id)
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags["mlflow.sharedViewState.comparisons"])  # the runs table's speed-up column
+    assert view["selectedColumns"][0] == "metrics.`speedup_vs_pyg`" and view["runsExpanded"] == {parent: True}
 
 
 def test_the_terminal_gets_one_line_per_job_and_the_claims():
