@@ -121,6 +121,18 @@ def test_speedup_sweep_composes_every_job(compose):
     assert first_comment == "# python -m harness +sweep=speedup"
 
 
+def test_claims_sweep_composes_and_is_the_larger_capped_grid(compose):
+    from hydra_plugins.flexgnn_grids.grids_sweeper import expand
+
+    claims = compose(["+sweep=claims"], return_hydra_config=True)
+    main = compose(["+sweep=speedup", "hydra.sweeper.only=[capped,capped_planners,ddp2_capped,ddp4_capped]"],
+                   return_hydra_config=True)
+    assert count_jobs(claims) == len(expand(claims.hydra.sweeper.grids, [])) > count_jobs(main)
+    first_comment = (CONF / "sweep" / "claims.yaml").read_text().splitlines()[1]
+    assert first_comment == "# python -m harness +sweep=claims"
+    validate(compose(expand(claims.hydra.sweeper.grids, [])[-1]))  # the largest DDP job
+
+
 def test_command_line_sweep_overrides_replace_the_sweep_file(compose):
     from omegaconf import open_dict
 
