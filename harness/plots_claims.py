@@ -48,7 +48,7 @@ def hardware_line(records: list[dict[str, Any]]) -> str:
     dataset = ((records[0].get("config") or {}).get("dataset") or {}) if records else {}
     graph = f"{records[0].get('dataset')}, avg degree {dataset.get('avg_degree')}, {dataset.get('num_features')} " \
             "features" if records else ""
-    return f"{hardware}; cap {', '.join(f'{c / 2**30:.3g} GiB' for c in caps)} per device; {graph}"
+    return f"{hardware}; cap {', '.join(f'{c / 2**20:.0f} MiB' for c in caps)} per device; {graph}"
 
 
 def _series(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -130,13 +130,16 @@ def memory_vs_cap_plot(records: list[dict[str, Any]], path: Path) -> Path | None
                          alpha=0.4, edgecolor="black")
             else:
                 axes.bar(x, (meters.get("peak_bytes") or 0) / ranks / 2**20, width, color=f"C{i % 10}")
-        axes.bar([], [], color=f"C{i % 10}", label=label)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=f"C{i % 10}", label=label) for i, label in enumerate(series)]
     for cap in sorted({cap_per_device(r) for r in capped} - {None}):
-        axes.axhline(cap / 2**20, color="red", linewidth=1.0, linestyle="--", label=f"cap {cap / 2**30:.3g} GiB")
+        handles.append(axes.axhline(cap / 2**20, color="red", linewidth=1.0, linestyle="--",
+                                    label=f"cap {cap / 2**20:.0f} MiB"))
     axes.set_xticks(range(len(sizes)), [f"{n / 1e3:g}k nodes" for n in sizes])
     axes.set_ylabel("job peak per device (MiB; kernel meter)")
     axes.set_title("Peak memory vs the cap (hatched: out of memory)\n" + hardware_line(capped), fontsize="medium")
-    axes.legend(fontsize="small", ncol=2)
+    axes.legend(handles=handles, fontsize="small", ncol=2)
     figure.savefig(path, dpi=120)
     return path
 
