@@ -153,3 +153,20 @@ def test_the_terminal_gets_one_line_per_job_and_the_claims():
     text = terminal_tables(sweep_records(), "# claims table")
     assert text.count("\n") == 2 + len(sweep_records()) + 2
     assert "flexgnn[hongtu_like]" in text and "oom" in text and text.rstrip().endswith("# claims table")
+
+
+def test_run_names_read_apart_and_unset_config_values_stay_absent(harness_dirs, mlflow_client):
+    from harness.naming import run_name, source_tags
+    from harness.tracking import Store
+
+    config = {"planner": {"name": "hongtu_like"}, "model": {"kind": "gcn"}, "hardware": {"memory_cap": "640MiB"},
+              "dataset": {"name": "synthetic", "num_nodes": 120_000, "avg_degree": 10.0}}
+    assert run_name("flexgnn", config) == "flexgnn[hongtu_like] gcn synthetic 120k d10 cap 640MiB"
+    assert run_name("ddp", {**config, "system": {"world_size": 4}, "hardware": {}}) == "ddp[R=4] gcn synthetic 120k d10"
+    store = Store.open(SimpleNamespace(get=lambda key, default=None: {"tracking_uri": harness_dirs.uri}.get(key)),
+                       harness_dirs.runs_dir)
+    run_id = store.start_run("r", source_tags({"commit": "abc123"}))
+    store.log_record(run_id, {"config": {"model": {"dropout": None, "hidden": 128}}, "result": None}, "x: 1\n")
+    found = mlflow_client.get_run(run_id).data
+    assert found.params == {"model.hidden": "128"}  # no "null" strings for unset values
+    assert found.tags["mlflow.source.git.commit"] == "abc123" and found.tags["mlflow.source.name"] == "python -m harness"
