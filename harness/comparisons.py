@@ -98,12 +98,13 @@ def terminal_tables(records: list[dict[str, Any]], claims_md: str | None) -> str
     def cell(value: Any, form: str = "{}") -> str:
         return "" if value is None else form.format(value)
 
-    header = f"{'run':<24} {'model':<5} {'nodes':>8} {'cap':>6} {'status':<8} {'epoch s':>8} {'vs pyg':>7} " \
-             f"{'parity':<7} {'job peak':>9}"
+    header = f"{'run':<24} {'model':<5} {'nodes':>8} {'deg':>4} {'cap':>7} {'status':<8} {'epoch s':>8} " \
+             f"{'vs pyg':>7} {'parity':<7} {'job peak':>9}"
     lines = [header, "-" * len(header)]
     for row in summarize(records):
         lines.append(f"{cell(row['run']):<24.24} {cell(row['model']):<5} {cell(row['num_nodes']):>8} "
-                     f"{cell(row['memory_cap']):>6} {cell(row['status']):<8} {cell(row['median_epoch_s'], '{:.3f}'):>8} "
+                     f"{cell(row['avg_degree'], '{:g}'):>4} {cell(row['memory_cap']):>7} {cell(row['status']):<8} "
+                     f"{cell(row['median_epoch_s'], '{:.3f}'):>8} "
                      f"{cell(row['speedup_vs_pyg'], '{:.2f}x'):>7} {cell(row['parity']):<7} "
                      f"{cell(row['job_peak_bytes'] and row['job_peak_bytes'] / 2**20, '{:.0f}MiB'):>9}")
     return "\n".join(lines) + ("\n\n" + claims_md if claims_md else "") + "\n"

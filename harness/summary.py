@@ -10,6 +10,7 @@ curve over the first 10 epochs, the test accuracy difference, and ``BROKEN`` whe
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
         "test_acc_at_best_val": best.get("test"),
         "host_peak_bytes": peak.get("host"), "device_peak_bytes": peak.get("device"),
         "note": record.get("error"),  # why a job failed or was skipped (e.g. DGL's environment is missing)
-        "device": result.get("device"),  # not a column: speed-ups compare runs on the same device only
+        # not a column: speed-ups compare runs on the same kind of device only (DDP's "2xcpu" is R of "cpu")
+        "device": re.sub(r"^\d+x", "", str(result.get("device"))) if result.get("device") else None,
     }
     fallback = (result.get("extra") or {}).get("device_fallback")
     if fallback:  # e.g. DGL on a CUDA machine: a CPU time in a GPU sweep, marked so

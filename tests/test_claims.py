@@ -31,7 +31,8 @@ def record(system: str, nodes: int, median: float | None, *, planner: str | None
     return {"system": system, "model": "gcn", "dataset": "synthetic", "status": status, "config": config,
             "graph": {"num_nodes": nodes, "num_edges": 20 * nodes} if ok else None,
             "result": {"median_epoch_s": median, "epoch_losses": losses, "epoch_times_s": [median] * len(losses),
-                       "accuracy": {"test": test}, "device": "cpu", "plan": {"num_chunks": 8}} if ok else None,
+                       "accuracy": {"test": test}, "device": f"{ranks}xcpu" if system == "ddp" else "cpu",
+                       "plan": {"num_chunks": 8}} if ok else None,
             "memory_cap": {"cap_bytes": cap * ranks, "peak_bytes": 700 * 2**20} if cap else None,
             "machine": {"cpu_model": "Test CPU", "cpu_logical_cores": 2, "torch_threads": 2, "gpus": []},
             "tracking": {"run_id": run_id} if run_id else None,
@@ -107,6 +108,7 @@ def test_parity_is_measured_against_pyg_and_flags_a_curve_that_left_it():
     assert rows["dgl"]["parity"] == "BROKEN" and rows["dgl"]["max_rel_loss_diff"] == pytest.approx(3e-4)
     assert rows["ddp[R=2]"]["parity"] == "BROKEN"  # 2 points of test accuracy
     assert rows["flexgnn"]["speedup_vs_pyg"] == pytest.approx(4.0)
+    assert rows["ddp[R=2]"]["speedup_vs_pyg"] == pytest.approx(2.0)  # R CPU ranks against one CPU: same kind
 
 
 def test_where_pyg_ran_out_of_memory_parity_falls_back_to_the_next_reference():
