@@ -9,7 +9,8 @@ Examples::
     python -m harness +sweep=speedup                   # systems x models x densities, one MLflow parent run
     python -m harness +sweep=planner                   # every flexgnn planner x models x densities x budgets
 
-The last line on stdout is the run record as compact JSON; everything else (logs, progress) goes to stderr.
+The last line on stdout is the run record as compact JSON (single runs; a sweep writes each job's record to its
+job directory and shows progress and the final tables); everything else (logs, progress) goes to stderr.
 SIGTERM ends a run as Ctrl-C does (``harness.signals``): a ``status: "killed"`` record, the MLflow run (and a
 sweep's parent run) KILLED, the disk tier removed; the exit code is 143 (130 for Ctrl-C). Jobs that a launcher runs
 in other processes (``hydra/launcher=joblib``, ``submitit_local``, ``submitit_slurm``) handle SIGTERM the same way,
@@ -54,7 +55,8 @@ def main(cfg: DictConfig) -> str:
             raise  # Hydra marks the job failed, runs the rest of the sweep, then exits non-zero
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    print(dumps(record), flush=True)
+    if not multirun:  # a sweep's records are in their job directories; its terminal shows progress and tables
+        print(dumps(record), flush=True)
     return "reused" if record.get("reused") else record["status"]
 
 

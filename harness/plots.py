@@ -2,7 +2,9 @@
 
 - ``speedup.png`` (``+sweep=speedup``): speedup over pyg per model x graph density, grouped bars per system;
 - ``prediction.png`` (``+sweep=planner``): predicted vs measured median epoch of flexgnn plans, log-log, y = x,
-  one colour per planner.
+  one colour per planner;
+- ``epoch_vs_size.png``, ``claims.png``, ``memory_vs_cap.png`` (records under ``hardware.memory_cap``):
+  ``harness/plots_claims.py``.
 
 ``write_plots(records, out_dir)`` draws the plots whose records are present and skips the others silently;
 ``python -m harness.report ... --out DIR`` and the end of every sweep call it.
@@ -15,32 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from harness.summary import BASELINE, summarize
+from harness.plots_claims import hardware_line, new_figure, write_claim_plots
 from harness.report_planner import PLANNERS, planner_of
-
-
-def _figure(width: float = 8.0, height: float = 4.5):
-    # A Figure on an Agg canvas, not pyplot: no global state, no display backend, safe inside a sweep's process.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
 
 
 def speedup_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
     """Grouped bars: one group per (model, avg_degree), one bar per system (median when repeated); None when
     no system other than pyg has a speedup."""
-    rows = [row for row in summarize(records) if row["speedup_vs_pyg"] is not None]
-    if not any(row["system"] != BASELINE for row in rows):
+    rows = [row for row in summarize(records) if row["speedup_vs_pyg"] is not None and row["system"] != BASELINE
+            and not row["memory_cap"]]  # pyg against itself is always 1.0: the line at 1 stands for it
+    if not rows:
         return None
     groups = sorted({(str(row["model"]), row["avg_degree"] or 0) for row in rows}, key=lambda g: (g[0], g[1]))
-    systems = sorted({str(row["system"]) for row in rows}, key=lambda s: (s != BASELINE, s))
-    figure = _figure(max(6.0, 0.9 * len(groups) * len(systems) ** 0.5 + 3))
+    systems = sorted({str(row["run"]) for row in rows})
+    figure = new_figure(max(6.0, 0.9 * len(groups) * len(systems) ** 0.5 + 3))
     axes = figure.add_subplot()
     width = 0.8 / len(systems)
     for i, system in enumerate(systems):
-        heights = [statistics.median([row["speedup_vs_pyg"] for row in rows if row["system"] == system
+        heights = [statistics.median([row["speedup_vs_pyg"] for row in rows if row["run"] == system
                                       and (str(row["model"]), row["avg_degree"] or 0) == group] or [0.0])
                    for group in groups]
         axes.bar([g + (i - (len(systems) - 1) / 2) * width for g in range(len(groups))], heights, width,
@@ -48,8 +42,10 @@ def speedup_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_xticks(range(len(groups)), [f"{model}\ndeg {degree:g}" for model, degree in groups])
     axes.set_ylabel(f"speedup over {BASELINE} (median epoch)")
-    datasets = sorted({str(row["dataset"]) for row in rows})
-    axes.set_title(f"Epoch-time speedup over {BASELINE} ({', '.join(datasets)})")
+    sizes = sorted({f"{row['num_nodes'] / 1e3:g}k nodes" for row in rows if row["num_nodes"]})
+    machine = hardware_line([r for r in records if r.get("status") == "ok" and not (r.get("memory_cap") or {})])
+    axes.set_title(f"Epoch-time speedup over {BASELINE} (line at 1 = {BASELINE}), everything in memory\n"
+                   f"{', '.join(sizes)}; {machine.split('; cap')[0]}", fontsize="medium")
     axes.legend(title="system")
     figure.savefig(path, dpi=120)
     return path
@@ -66,7 +62,7 @@ def prediction_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
             points.setdefault(str(planner_of(record)), []).append((measured, predicted))
     if not points:
         return None
-    figure = _figure(6.5, 5.5)
+    figure = new_figure(6.5, 5.5)
     axes = figure.add_subplot()
     order = {name: i for i, name in enumerate(PLANNERS)}
     for i, name in enumerate(sorted(points, key=lambda n: (order.get(n, 99), n))):
@@ -94,4 +90,4 @@ def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """The plots these records support, as PNG files in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = [speedup_plot(records, out_dir / "speedup.png"), prediction_plot(records, out_dir / "prediction.png")]
-    return [path for path in drawn if path is not None]
+    return [path for path in drawn if path is not None] + write_claim_plots(records, out_dir)

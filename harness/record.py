@@ -95,6 +95,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model,
         "cpu_logical_cores": os.cpu_count(),
         "cpu_physical_cores": psutil.cpu_count(logical=False),
+        "torch_threads": torch.get_num_threads(),  # intra-op threads of the launching process (DDP ranks split them)
         "ram_bytes": int(psutil.virtual_memory().total),
         "gpus": gpus,
         "cuda": torch.version.cuda,

@@ -3,7 +3,8 @@
 ``python -m harness.report RECORD_OR_DIR... [--out DIR]`` writes ``summary.csv`` and ``summary.md``: one row per
 record with the median epoch time, the speedup over ``pyg`` on the same model and graph, accuracy and peak memory;
 ``planner.csv`` / ``planner.md`` when flexgnn ran a case with several planners (``harness/report_planner.py``);
-and the plots the records support (``harness/plots.py``: ``speedup.png``, ``prediction.png``).
+``claims.md`` when records ran under ``hardware.memory_cap`` (FlexGNN's claims, reported vs measured:
+``harness/claims.py``); and the plots the records support (``harness/plots.py``: ``speedup.png``, ``prediction.png``).
 A sweep writes the same files into its sweep directory when its last job ends.
 """
 
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.claims import write_claims
 from harness.plots import write_plots
 from harness.report_planner import summary_line, write_planner
 from harness.summary import BASELINE, COLUMNS, markdown, row_of, summarize, write_summary
@@ -26,7 +28,8 @@ def write_reports(record_paths: list[Path], out_dir: Path) -> tuple[list[Path], 
     records = [json.loads(Path(path).read_text()) for path in record_paths]  # read once for every table and plot
     paths = write_summary(records, out_dir)
     planner_paths, planner = write_planner(records, out_dir)
-    return [*paths, *planner_paths, *write_plots(records, out_dir)], planner
+    claims_paths, _ = write_claims(records, out_dir)
+    return [*paths, *planner_paths, *claims_paths, *write_plots(records, out_dir)], planner
 
 
 def main(argv: list[str] | None = None) -> None:

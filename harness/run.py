@@ -31,6 +31,7 @@ from harness import resume, signals
 from harness.config import ConfigError, Settings, validate
 from harness.job import train_job
 from harness.systems import SystemUnavailable, get_train_fn, preflight
+from harness.naming import run_name, source_tags
 from harness.tracking import OFFLINE_HINT, PARENT_ID_FILE, RECORD_TAG, Store, open_store, resolve_uri, unreachable
 from harness.upload import mark_pending
 
@@ -108,12 +109,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return records.build_record(graph_stats=graph_stats, result=result, status="ok", **common)
     config_yaml = records.redact(OmegaConf.to_yaml(cfg, resolve=True))
     runs_dir = Path(cfg.runs_dir)
-    name = f"{settings.system_name}-{settings.model.kind}-{settings.dataset_name}"
+    name = run_name(settings.system_name, config)
     store, offline = open_store(cfg.mlflow, runs_dir) if cfg.mlflow.enabled else (None, None)
     run_id = None
     if store:
         tags = {"system": settings.system_name, "model": settings.model.kind, "dataset": settings.dataset_name,
-                "commit": git["commit"], "dirty": git["dirty"], RECORD_TAG: records.record_id(
+                "commit": git["commit"], "dirty": git["dirty"], **source_tags(git), RECORD_TAG: records.record_id(
                     {"utc_time": records.utc_iso(started), "system": settings.system_name,
                      "model": settings.model.kind, "dataset": settings.dataset_name})}
         try:

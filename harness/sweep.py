@@ -48,6 +48,11 @@ def count_jobs(config: DictConfig) -> int | None:
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
+        grids = config.hydra.sweeper.get("grids")  # hydra_plugins/flexgnn_grids: a sweep of named grids
+        if grids:
+            from hydra_plugins.flexgnn_grids.grids_sweeper import expand
+
+            return len(expand(grids, list(config.hydra.overrides.task), config.hydra.sweeper.get("only")))
         params = config.hydra.sweeper.get("params")  # None for a plain command-line multirun
         params = OmegaConf.to_container(params, resolve=False) if params else {}
         strings = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
@@ -184,9 +189,12 @@ class SweepCallback(Callback):
             if self.store and earlier and self._reopen(earlier):
                 self.parent_run_id = earlier
             elif self.store:
+                from harness.naming import source_tags
+                from harness.record import git_info
+
                 self.parent_run_id = self.store.start_run(
                     f"sweep-{self.sweep_dir.name}", {"kind": "sweep", "sweep_dir": self.sweep_dir.resolve(),
-                                                      "num_jobs": self.total})
+                                                      "num_jobs": self.total, **source_tags(git_info())})
                 (self.sweep_dir / PARENT_ID_FILE).write_text(self.parent_run_id + "\n")
         except Exception as error:
             if not unreachable(error):
@@ -267,6 +275,18 @@ class SweepCallback(Callback):
                 self._line(str(record.get("status")).upper() if record.get("status") in BAD else
                            str(record.get("status")), " ".join(record.get("overrides") or []))
 
+    def _compare(self) -> None:
+        """Speed-ups, parity and claims into MLflow, the final tables onto stderr (``harness.comparisons``)."""
+        from harness.comparisons import end_of_sweep
+
+        try:
+            end_of_sweep(self.store, self.parent_run_id, self.sweep_dir)
+        except Exception as failure:
+            if not unreachable(failure):
+                raise
+            log.warning("MLflow tracking server unreachable: the sweep's comparisons are not logged (%s). %s",
+                        failure, OFFLINE_HINT)
+
     def _finish(self, interrupt: BaseException | None = None) -> None:
         if self.finished or self.sweep_dir is None:
             return
@@ -290,6 +310,7 @@ class SweepCallback(Callback):
             from harness.report import write_reports
 
             tables, planner = write_reports(sorted(self.sweep_dir.glob(f"*/{JOB_RECORD}")), self.sweep_dir)
+            self._compare()
         plan = cores.read_plan(self.sweep_dir) or {"comparable": True}
         status = "KILLED" if interrupt is not None else "FAILED" if any(counts.get(s) for s in BAD) else "FINISHED"
         error = (f"interrupted ({type(interrupt).__name__}) after {len(records)} of {self.total or '?'} jobs; resume "

@@ -50,6 +50,8 @@ PARENT_ID_FILE = "mlflow_parent_run_id.txt"
 _MAX_PARAM_CHARS = 6000
 OWNER_TAGS = ("flexgnn.host", "flexgnn.pid", "flexgnn.pid_started")  # which process a run belongs to
 LOCK_TIMEOUT_S = 600.0
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces), where training runs are hidden
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 log = logging.getLogger("harness")
 
 
@@ -103,6 +105,8 @@ class Store:
                 experiment_id = client.create_experiment(name, artifact_location=location)
             else:
                 experiment_id = experiment.experiment_id
+            if (experiment is None or experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND):
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         store = cls(client=client, experiment_id=experiment_id, uri=uri)
         store.close_orphaned_runs()
         return store
@@ -157,7 +161,8 @@ class Store:
         from mlflow.entities import Metric, Param
 
         now = record_time_ms(record)
-        params = [Param(key, _param_value(value)) for key, value in flatten(record["config"]).items()]
+        params = [Param(key, _param_value(value)) for key, value in flatten(record["config"]).items()
+                  if value is not None]  # unset (null) stays absent, not the string "null"
         metrics = [Metric(key, value, now, step) for key, value, step in metrics_of(record)]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start:start + 100])
@@ -233,7 +238,7 @@ def _lock_path(uri: str, runs_dir: Path) -> Path:
 
 
 def _param_value(value: Any) -> str:
-    text = "null" if value is None else str(value)
+    text = str(value)
     return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
 
 

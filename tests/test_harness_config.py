@@ -99,26 +99,47 @@ def test_debug_fast_shrinks_any_run(compose):
 
 
 def test_speedup_sweep_composes_every_job(compose):
+    from hydra_plugins.flexgnn_grids.grids_sweeper import expand
+
     cfg = compose(["+sweep=speedup"], return_hydra_config=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    params = cfg.hydra.sweeper.params
-    systems, models, degrees = (str(params[key]).split(",") for key in ("system", "model", "dataset.avg_degree"))
+    grids = cfg.hydra.sweeper.grids
+    in_memory = grids.in_memory
+    systems, models, degrees = (str(in_memory[key]).split(",") for key in ("system", "model", "dataset.avg_degree"))
     assert set(systems) == set(SYSTEMS) and set(models) == {"gcn", "sage", "gat"} and len(degrees) >= 2
-    assert count_jobs(cfg) == len(systems) * len(models) * len(degrees)
-    for system, model, degree in itertools.product(systems, models, degrees):
-        settings = validate(compose([f"system={system}", f"model={model}", f"dataset.avg_degree={degree}"]))
-        assert settings.dataset_options["avg_degree"] == float(degree)
+    capped = {str(grid.system) + (f"[{grid.get('planner')}]" if grid.get("planner") else "")
+              for grid in grids.values() if grid.get("hardware.memory_cap")}
+    assert {"pyg,dgl,flexgnn", "flexgnn[flexgnn_greedy,hongtu_like]", "ddp"} <= capped  # the claims' systems
+    jobs = expand(grids, [])
+    assert count_jobs(cfg) == len(jobs) > len(systems) * len(models) * len(degrees)
+    for overrides in jobs:  # every job composes and validates; DDP holds R x the single-device cap
+        settings = validate(compose(overrides))
+        if settings.system_name == "ddp" and settings.memory_cap_bytes:
+            single = parse_bytes(grids.capped["hardware.memory_cap"], "hardware.memory_cap")
+            assert settings.memory_cap_bytes == settings.system_options["world_size"] * single
     first_comment = (CONF / "sweep" / "speedup.yaml").read_text().splitlines()[1]
     assert first_comment == "# python -m harness +sweep=speedup"
+
+
+def test_claims_sweep_composes_and_is_the_larger_capped_grid(compose):
+    from hydra_plugins.flexgnn_grids.grids_sweeper import expand
+
+    claims = compose(["+sweep=claims"], return_hydra_config=True)
+    main = compose(["+sweep=speedup", "hydra.sweeper.only=[capped,capped_planners,ddp2_capped,ddp4_capped]"],
+                   return_hydra_config=True)
+    assert count_jobs(claims) == len(expand(claims.hydra.sweeper.grids, [])) > count_jobs(main)
+    first_comment = (CONF / "sweep" / "claims.yaml").read_text().splitlines()[1]
+    assert first_comment == "# python -m harness +sweep=claims"
+    validate(compose(expand(claims.hydra.sweeper.grids, [])[-1]))  # the largest DDP job
 
 
 def test_command_line_sweep_overrides_replace_the_sweep_file(compose):
     from omegaconf import open_dict
 
-    cfg = compose(["+sweep=speedup"], return_hydra_config=True)
+    cfg = compose(["+sweep=speedup", "hydra.sweeper.only=in_memory"], return_hydra_config=True)
     with open_dict(cfg):  # what `python -m harness +sweep=speedup model=gcn,sage dataset.avg_degree=3` passes
         cfg.hydra.overrides.task = ["+sweep=speedup", "model=gcn,sage", "dataset.avg_degree=3"]
-    assert count_jobs(cfg) == 2 * len(str(cfg.hydra.sweeper.params.system).split(","))
+    assert count_jobs(cfg) == 2 * len(str(cfg.hydra.sweeper.grids.in_memory.system).split(","))
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, None), (1024, 1024), ("1024", 1024), ("512MiB", 2**29),

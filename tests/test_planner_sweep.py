@@ -125,7 +125,7 @@ def test_tiny_planner_sweep_records_infeasible_jobs_and_writes_the_planner_table
     done = run_harness("+sweep=planner", "+debug=fast", "repeat=0", "planner=all_device,optimal", "model=gcn",
                        "dataset.avg_degree=5", "hardware.device_budget_fraction=1.0,0.5", "hardware.profile=h200")
     assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+    records = [json.loads(p.read_text()) for p in sorted((harness_dirs.runs_dir / "sweeps").glob("*/*/record.json"))]
     outcome = {(r["config"]["planner"]["name"], r["config"]["hardware"]["device_budget_fraction"]):
                r["status"] for r in records}
     assert outcome == {("all_device", 1.0): "ok", ("all_device", 0.5): "infeasible", ("optimal", 1.0): "ok",
