@@ -4,7 +4,9 @@ Per model (GCN, GraphSAGE, GAT) on one synthetic graph whose layer intermediates
 (600k nodes, 6M edges, 3 layers, hidden 128 by default: PyG should peak near 3 GB, so a quarter of it stays above
 the ~0.4 GB a Python + torch process holds before any data), every run is a real harness job (``python -m
 harness``) in its own process, inside a memory-limited control group (``hardware.memory_cap``,
-``harness/memcap.py``):
+``harness/memcap.py``). The graph is ``dataset=synthetic_large``: written once (by the first job) and memory-mapped,
+so that loading it costs no more than the cap allows (the in-memory generator alone needs more than a quarter of
+PyG's peak: measured, every job under such a cap was killed while building the graph):
 
 1. PyG under a loose cap (``--loose-cap``, default 20 GiB, far above its need): its real peak, the cgroup's
    reading of the whole job (``result.peak_bytes.job``). The tight cap is a quarter of it (``--cap-fraction``).
@@ -70,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def job(args: argparse.Namespace, system: str, model: str, cap: str | int) -> dict:
     """One harness job under ``cap``; returns its record (the last stdout line), with the wall time added."""
     overrides = [f"system={system}", f"model={model}", f"model.num_layers={args.layers}", f"model.hidden={args.hidden}",
-                 f"dataset.num_nodes={args.nodes}", f"dataset.avg_degree={args.avg_degree}",
+                 "dataset=synthetic_large", f"dataset.root={Path(args.runs_dir) / 'graphs'}",
+                 "dataset.num_classes=8", f"dataset.num_nodes={args.nodes}", f"dataset.avg_degree={args.avg_degree}",
                  f"dataset.num_features={args.features}", f"train.epochs={args.epochs}", f"hardware.memory_cap={cap}",
                  "mlflow.enabled=false"]
     if model == "gat":
