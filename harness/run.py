@@ -30,8 +30,8 @@ from harness import record as records
 from harness import resume, signals
 from harness.config import ConfigError, Settings, validate
 from harness.job import train_job
-from harness.systems import SystemUnavailable, get_train_fn, preflight
 from harness.naming import run_name, source_tags
+from harness.systems import SystemUnavailable, get_train_fn, preflight
 from harness.tracking import OFFLINE_HINT, PARENT_ID_FILE, RECORD_TAG, Store, open_store, resolve_uri, unreachable
 from harness.upload import mark_pending
 
