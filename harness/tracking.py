@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from flexgnn_core import spec
+from flexgnn_core.filelock import exclusive
 from flexgnn_core.workdirs import is_running, process_started
-from harness.filelock import exclusive
 from harness.record import redact
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

@@ -36,7 +36,6 @@ Command: ``python -m flexgnn_core.calibrate [--force] [--device cuda]`` prints t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -51,6 +50,7 @@ import torch
 from flexgnn_core.calibrate import micro
 from flexgnn_core.calibrate.probe import engine_probe
 from flexgnn_core.calibrate.profiles import DISKS, GPUS, LINKS, PROFILES, profile
+from flexgnn_core.filelock import exclusive
 from flexgnn_core.plan.cost import Hardware
 
 __all__ = ["CACHE_ENV", "SCHEMA", "DISKS", "GPUS", "LINKS", "PROFILES", "cache_path", "fingerprint",
@@ -124,23 +124,8 @@ def _cached(path: Path) -> Hardware | None:
 def measuring(path: Path, timeout_s: float = MEASURE_LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold ``<cache file>.lock`` (``flock``, so a dead holder releases it) while this process measures: parallel jobs
     of a sweep on one machine wait for the one measuring instead of each measuring (and skewing each other)."""
-    lock = path.with_suffix(".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"calibration lock {lock} held by another process for more than {timeout_s:.0f} "
-                                       f"s. Fix: find it (`fuser {lock}`) and end it if it hangs") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(path.with_suffix(".lock"), timeout_s, "calibration lock"):
+        yield
 
 
 def load_or_measure(device: str | torch.device | None = None, force: bool = False, scale: float = 1) -> Hardware:
