@@ -235,15 +235,10 @@ def _record_infeasible(result: dict[str, Any], common: dict[str, Any], job: dict
                        store: Store | None, run_id: str | None, config_yaml: str) -> dict[str, Any]:
     """A sweep's job whose plan does not fit: a ``status: infeasible`` record (the reason, no result) kept like an
     ok one, since "this solver cannot fit this budget" is a result; its MLflow run tagged and finished."""
-    error = result["reason"]
-    record = records.build_record(graph_stats=None, result=None, status="infeasible", error=error, **common)
+    record = records.build_record(graph_stats=None, result=None, status="infeasible", error=result["reason"],
+                                  **common)
     record["plan"] = records.jsonable(result["plan"])  # what the solver proposed, with the budget it had to fit
-    with signals.deferred():
-        stable = _write(record, runs_dir, job)
-        _index(record, stable, store, run_id, config_yaml, {"status": "infeasible", "error": str(error)})
-        _write_job_record(record, job)
-    log.warning("infeasible: %s", error)
-    return record
+    return _keep_outcome(record, job, runs_dir, store, run_id, config_yaml)
 
 
 def _record_oom(error: capping.OutOfMemory, common: dict[str, Any], job: dict[str, Any], runs_dir: Path,
@@ -252,9 +247,17 @@ def _record_oom(error: capping.OutOfMemory, common: dict[str, Any], job: dict[st
     asked for; no result) kept like an ok one; its MLflow run tagged ``status=oom`` and finished."""
     record = records.build_record(graph_stats=None, result=None, status="oom", error=str(error), **common)
     record["memory_cap"] = records.jsonable(error.facts)
+    return _keep_outcome(record, job, runs_dir, store, run_id, config_yaml)
+
+
+def _keep_outcome(record: dict[str, Any], job: dict[str, Any], runs_dir: Path, store: Store | None,
+                  run_id: str | None, config_yaml: str) -> dict[str, Any]:
+    """Write and index a record whose status is a result without training numbers (infeasible, oom), uninterrupted
+    by SIGTERM; its MLflow run is tagged with the status and error."""
+    status, error = record["status"], str(record["error"])
     with signals.deferred():
         stable = _write(record, runs_dir, job)
-        _index(record, stable, store, run_id, config_yaml, {"status": "oom", "error": str(error)})
+        _index(record, stable, store, run_id, config_yaml, {"status": status, "error": error})
         _write_job_record(record, job)
-    log.warning("oom: %s", error)
+    log.warning("%s: %s", status, error)
     return record
