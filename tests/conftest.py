@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The flexgnn planner bounds every plan by the memory this machine has free now (flexgnn_core.machine), a reading
@@ -18,6 +19,16 @@ os.environ.setdefault("FLEXGNN_MEMORY_ROOM_BYTES", str(16 * 2**30))
 # refused, as with auto-install off. `pytest -m dgl` needs it made beforehand (bash scripts/make_dgl_env.sh); tests
 # of the first-use creation pass auto_install and a stand-in script explicitly (tests/test_dgl_env.py).
 os.environ["FLEXGNN_DGL_AUTO_INSTALL"] = "0"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-graph tests: they gain nothing from threads, and OpenMP barriers on a
+    shared 2-core machine cost milliseconds per sparse product. The thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

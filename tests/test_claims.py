@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.claims import PARITY_LOSS_RTOL, claim_rows, claims_markdown, metrics_of_claims, write_claims
+from harness.claims import PARITY_LOSS_RTOL, claim_rows, claims_markdown, write_claims
 from harness.comparisons import child_metrics, log_comparisons, terminal_tables
 from harness.summary import summarize
 

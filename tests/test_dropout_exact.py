@@ -28,12 +28,7 @@ TRAIN = TrainSpec(epochs=10, warmup_epochs=0, progress=False, device="cpu", sele
 KINDS = models.names()  # gat, gcn, gin, sage
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny graphs gain nothing from threads
 
 
 def _model(kind: str, **changes) -> ModelSpec:

@@ -28,14 +28,7 @@ GRAPH = tricky_graph(num_nodes=48)
 TRAIN = TrainSpec(epochs=4, warmup_epochs=0, progress=False, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny graphs gain nothing from threads, and OpenMP barriers on a shared 2-core machine cost milliseconds
-    per sparse product; one thread keeps this grid fast. The thread count is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny graphs gain nothing from threads
 
 
 def _model(kind: str, layers: int) -> ModelSpec:

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 
 import pytest
-import torch
 
 from flexgnn_core import models, system
 from flexgnn_core.engine import prepare
@@ -26,12 +25,7 @@ from graphs import tricky_graph
 GRAPH = tricky_graph(num_nodes=48)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny graphs gain nothing from threads
 
 
 @functools.lru_cache(maxsize=None)

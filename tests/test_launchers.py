@@ -12,7 +12,6 @@ import pickle
 import time
 from pathlib import Path
 
-import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import open_dict, read_write
 

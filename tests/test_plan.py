@@ -8,7 +8,6 @@ import itertools
 import json
 
 import pytest
-import torch
 
 from flexgnn_core import models, system
 from flexgnn_core.models import init_params
@@ -64,19 +63,11 @@ GRAPH = tricky_graph(num_nodes=40)
 TRAIN = TrainSpec(epochs=1, warmup_epochs=0, progress=False, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("kind", models.names())
 @pytest.mark.parametrize("fraction", [0.9, 0.6, 0.35])
 @pytest.mark.parametrize("policy", sorted(SOLVERS))
 def test_a_feasible_plan_stays_within_its_budgets_by_the_engines_counters(kind, fraction, policy, tmp_path,
-                                                                          _one_thread):
+                                                                          one_thread):
     """Run every solver's plan under shrinking budgets and read the tier store's counters (accounted device peak
     over the whole run, host and disk bytes held), which the solvers never see."""
     model = ModelSpec(kind=kind, num_layers=3, hidden=8, heads=2)
