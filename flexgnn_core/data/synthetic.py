@@ -63,6 +63,15 @@ def _check_knobs(num_nodes, avg_degree, num_features, num_classes, skew, homophi
         bad("seed", seed, "must be a non-negative integer")
 
 
+def split_sizes(n: int, train_frac: float, val_frac: float) -> tuple[int, int]:
+    """Train and validation vertex counts (the rest is test); an empty split is an error naming the knobs."""
+    n_train, n_val = int(round(train_frac * n)), int(round(val_frac * n))
+    if n_train < 1 or n_val < 1 or n - n_train - n_val < 1:
+        raise ValueError(f"synthetic dataset knobs 'train_frac'={train_frac}, 'val_frac'={val_frac} leave an empty "
+                         f"split on {n} vertices; raise num_nodes or the fractions")
+    return n_train, n_val
+
+
 def _power_law_index(u: np.ndarray, size: np.ndarray | int, skew: float) -> np.ndarray:
     """Inverse CDF of the density ``t^-skew`` on ``[1, size + 1)``, floored to an index in ``[0, size)``.
 
@@ -115,10 +124,7 @@ def make_synthetic(num_nodes: int = 20000, avg_degree: float = 10.0, num_feature
     _check_knobs(num_nodes, avg_degree, num_features, num_classes, skew, homophily, feature_noise, train_frac,
                  val_frac, seed)
     n, c = int(num_nodes), int(num_classes)
-    n_train, n_val = int(round(train_frac * n)), int(round(val_frac * n))
-    if n_train < 1 or n_val < 1 or n - n_train - n_val < 1:
-        raise ValueError(f"synthetic dataset knobs 'train_frac'={train_frac}, 'val_frac'={val_frac} leave an empty "
-                         f"split on {n} vertices; raise num_nodes or the fractions")
+    n_train, n_val = split_sizes(n, train_frac, val_frac)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)  # degree-rank position -> vertex id
     labels = np.empty(n, dtype=np.int64)

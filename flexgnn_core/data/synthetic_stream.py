@@ -35,7 +35,7 @@ import numpy as np
 
 from flexgnn_core.data.clean import sorted_unique
 from flexgnn_core.data.storage import GraphFileError, load_graph, publish_graph_dir, read_meta
-from flexgnn_core.data.synthetic import _TOP_UP_ROUNDS, _check_knobs, _draw_pairs
+from flexgnn_core.data.synthetic import _TOP_UP_ROUNDS, _check_knobs, _draw_pairs, split_sizes
 from flexgnn_core.spec import Graph
 
 GENERATOR = "flexgnn_core.data.synthetic_stream.write_synthetic (planted partition, Chung-Lu degrees, streamed)"
@@ -121,12 +121,15 @@ def _draw_unique_pairs(work: Path, rng0_perm: np.ndarray, knobs: dict, target_pa
     return pairs
 
 
-def _write_csr(work: Path, out: Path, pairs: _Buckets, num_pairs: int) -> int:
-    """``rowptr.npy`` and ``col.npy`` (CSR by destination, both directions of each pair); returns the edge count."""
+def _write_csr(work: Path, out: Path, pairs: _Buckets, num_pairs: int, labels: np.ndarray) -> float | None:
+    """``rowptr.npy`` and ``col.npy`` (CSR by destination, both directions of each pair); returns the measured edge
+    homophily (share of pairs inside a class), counted on the pass that reads every pair anyway."""
     n, buckets = pairs.num_nodes, len(pairs.files)
     reverse = _Buckets(work, "reverse", buckets, n)
+    same = 0
     for b in range(buckets):  # the edge lo -> hi, keyed by its destination hi
         lo, hi = np.divmod(pairs.read(b), n)
+        same += int((labels[lo] == labels[hi]).sum())
         reverse.append_sorted(np.sort(hi * n + lo))
     num_edges = 2 * num_pairs
     col = np.lib.format.open_memmap(out / "col.npy", mode="w+", dtype=np.int64, shape=(num_edges,))
@@ -146,16 +149,7 @@ def _write_csr(work: Path, out: Path, pairs: _Buckets, num_pairs: int) -> int:
     col.flush()
     del col
     np.save(out / "rowptr.npy", rowptr, allow_pickle=False)
-    return num_edges
-
-
-def _edge_homophily(pairs: _Buckets, labels: np.ndarray) -> float | None:
-    same = total = 0
-    for b in range(len(pairs.files)):
-        lo, hi = np.divmod(pairs.read(b), pairs.num_nodes)
-        same += int((labels[lo] == labels[hi]).sum())
-        total += lo.size
-    return same / total if total else None
+    return same / num_pairs if num_pairs else None
 
 
 def _write_features(out: Path, rng0: np.random.Generator, labels: np.ndarray, knobs: dict) -> None:
@@ -192,10 +186,7 @@ def write_synthetic(path, num_nodes: int = 20000, avg_degree: float = 10.0, num_
                          "1 MiB (the working memory of one bucket pass)")
     progress = progress or (lambda message: None)
     n, c = int(num_nodes), int(num_classes)
-    n_train, n_val = int(round(train_frac * n)), int(round(val_frac * n))
-    if n_train < 1 or n_val < 1 or n - n_train - n_val < 1:
-        raise ValueError(f"synthetic dataset knobs 'train_frac'={train_frac}, 'val_frac'={val_frac} leave an empty "
-                         f"split on {n} vertices; raise num_nodes or the fractions")
+    n_train, n_val = split_sizes(n, train_frac, val_frac)
     knobs = dict(num_nodes=n, avg_degree=float(avg_degree), num_features=int(num_features), num_classes=c,
                  skew=float(skew), homophily=float(homophily), feature_noise=float(feature_noise),
                  train_frac=float(train_frac), val_frac=float(val_frac), seed=int(seed))
@@ -216,10 +207,9 @@ def write_synthetic(path, num_nodes: int = 20000, avg_degree: float = 10.0, num_
         pairs = _draw_unique_pairs(work, perm, knobs, target_pairs, buckets, progress)
         del perm
         num_pairs = sum(file.stat().st_size for file in pairs.files) // 8
-        homophily_measured = _edge_homophily(pairs, labels)
-        num_edges = _write_csr(work, tmp, pairs, num_pairs)
+        homophily_measured = _write_csr(work, tmp, pairs, num_pairs, labels)
         shutil.rmtree(work)
-        progress(f"{num_edges:,} directed edges written; features")
+        progress(f"{2 * num_pairs:,} directed edges written; features")
         _write_features(tmp, rng0, labels, knobs)
         np.save(tmp / "y.npy", labels, allow_pickle=False)
         order = rng0.permutation(n)
