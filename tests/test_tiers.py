@@ -38,19 +38,21 @@ def test_rows_read_write_and_scatter_add_like_a_plain_tensor(tier, tmp_path):
 
 
 def test_link_counters_count_exact_bytes(tmp_path):
+    """h2d / d2h count the rows; the disk links count the whole blocks the file's system calls moved."""
     with TierStore(CPU, str(tmp_path)) as store:
         host, disk, device = (store.alloc(name, (8, 4), name) for name in ("host", "disk", "device"))
-        row_bytes = 4 * 4
+        row_bytes, block = 4 * 4, 4096  # the disk buffer's 128 bytes sit in one block
         host.write(slice(0, 2), torch.ones(2, 4))  # d2h 2 rows
         host.read(torch.tensor([0, 5, 6]))  # h2d 3 rows
-        disk.write(slice(0, 8), torch.ones(8, 4))  # d2h + disk_write 8 rows
-        disk.read(slice(1, 3))  # disk_read + h2d 2 rows
-        disk.add(torch.tensor([3]), torch.ones(1, 4))  # d2h, disk_read, disk_write 1 row
+        disk.write(slice(0, 8), torch.ones(8, 4))  # d2h 8 rows; the block covered in part: read, then written
+        disk.read(slice(1, 3))  # h2d 2 rows; the block read
+        disk.add(torch.tensor([3]), torch.ones(1, 4))  # d2h 1 row; the block read and written
         device.write(slice(0, 8), torch.ones(8, 4))
         device.read(torch.tensor([1, 2]))  # nothing crosses a link
         links = store.counters.links
-        assert links == {"h2d": 5 * row_bytes, "d2h": 11 * row_bytes, "disk_read": 3 * row_bytes,
-                         "disk_write": 9 * row_bytes}
+        assert links == {"h2d": 5 * row_bytes, "d2h": 11 * row_bytes, "disk_read": 3 * block,
+                         "disk_write": 2 * block}
+        assert store.disk_actual() == {"read": 3 * block, "write": 2 * block}
 
 
 def test_tier_bytes_and_peaks_are_accounted(tmp_path):

@@ -7,11 +7,11 @@ so bytes really go to and come from the device instead of the page cache (which 
 cap); where ``O_DIRECT`` is refused (tmpfs, some network file systems) the file is buffered and each written range
 is dropped from the cache with ``posix_fadvise(DONTNEED)`` after ``fdatasync``. The mode is in ``mode``.
 
-Alignment: ``O_DIRECT`` transfers whole ``ALIGN``-byte blocks, so a range of rows moves the aligned span around it
-and a write of a partial block first reads that block (read-modify-write). Gathers and scatter-adds of sorted row
-indices (a chunk's halo) coalesce into spans: rows whose blocks lie within ``GAP_BYTES`` of each other share one
-transfer. ``actual`` counts the bytes the system calls moved, which ``/proc/self/io`` confirms; the tier counters
-(``Counters.links``) count the rows the plan asked for, which is what the simulator predicts.
+Alignment: ``O_DIRECT`` transfers whole ``ALIGN``-byte blocks. Every operation moves the groups of rows and the
+aligned spans around them that ``plan.blocks`` defines (one rule with the simulator): a read moves the span, a write
+first reads the span's partial first and last blocks (read-modify-write), an add reads and writes the span. Each
+system call's bytes go to ``on_move`` (the tier store's ``disk_read`` / ``disk_write`` counters, which the simulator
+predicts exactly and ``/proc/self/io`` confirms) and to ``actual`` (this file's own total).
 """
 
 from __future__ import annotations
@@ -20,17 +20,14 @@ import mmap
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from flexgnn_core.plan.problem import ALIGN, MAX_STAGING_BYTES
-GAP_BYTES = 64 * 2**10  # sorted rows closer than this are read or written in one transfer
-
-
-def aligned(nbytes: int) -> int:
-    return -(-nbytes // ALIGN) * ALIGN
+from flexgnn_core.plan.blocks import ALIGN, aligned, range_spans, spans, window
+from flexgnn_core.plan.problem import MAX_STAGING_BYTES
 
 
 class Staging(threading.local):
@@ -44,14 +41,15 @@ class Staging(threading.local):
 
 
 class RowFile:
-    """``rows`` x ``width`` float32 in ``path``; reads return new tensors, writes and adds take CPU tensors."""
+    """``rows`` x ``width`` float32 in ``path``; reads return new tensors, writes and adds take CPU tensors.
+    ``on_move(kind, nbytes)`` hears every system call's bytes (``kind``: "read" or "write")."""
 
-    def __init__(self, path: Path, rows: int, width: int, staging: Staging | None = None, direct: bool = True):
+    def __init__(self, path: Path, rows: int, width: int, staging: Staging | None = None, direct: bool = True,
+                 on_move: Callable[[str, int], None] | None = None):
         self.staging = staging if staging is not None else Staging()
-        if width * 4 + 2 * ALIGN > self.staging.size:
-            raise ValueError(f"disk tier: a row of {width} floats exceeds the {self.staging.size}-byte staging buffer")
         self.path, self.rows, self.width = Path(path), rows, width
         self.row_bytes = width * 4
+        self.window = window(self.staging.size, self.row_bytes)  # a row too wide for the staging buffer fails here
         self.nbytes = rows * self.row_bytes
         self.file_bytes = aligned(self.nbytes)  # whole blocks: an O_DIRECT transfer never stops mid-block
         flags = os.O_RDWR | os.O_CLOEXEC
@@ -67,67 +65,53 @@ class RowFile:
         if self.fd is None:
             self.fd = os.open(self.path, flags)
         self.actual = {"read": 0, "write": 0}
+        self.on_move = on_move
         self.lock = threading.Lock()  # one transfer at a time per file: a read-modify-write is not interleaved
 
-    # ---- spans ---------------------------------------------------------------------------------------------
-    def _pieces(self, start: int, stop: int):
-        """Rows ``[start, stop)`` in pieces ``(a0, a1, lo, hi)``: rows ``[lo, hi)`` inside the aligned span
-        ``[a0, a1)``, each span at most the staging buffer (neighbouring spans may share a block)."""
-        per_piece = max(1, (self.staging.size - 2 * ALIGN) // self.row_bytes)
-        for lo in range(start, stop, per_piece):
-            hi = min(stop, lo + per_piece)
-            first = lo * self.row_bytes
-            yield first - first % ALIGN, aligned(hi * self.row_bytes), lo, hi
+    # ---- system calls ----------------------------------------------------------------------------------------
+    def _moved(self, kind: str, nbytes: int) -> None:
+        self.actual[kind] += nbytes
+        if self.on_move is not None:
+            self.on_move(kind, nbytes)
 
-    def _groups(self, index: np.ndarray):
-        """Sorted row ids cut into runs whose spans lie within ``GAP_BYTES`` and fit the staging buffer."""
-        if index.size == 0:
-            return []
-        starts = index * self.row_bytes
-        cut = np.flatnonzero(np.diff(starts) > GAP_BYTES + self.row_bytes) + 1
-        runs, limit = [], self.staging.size - 2 * ALIGN
-        for run in np.split(np.arange(index.size), cut):
-            begin = 0
-            while begin < run.size:  # a run longer than the buffer is cut again
-                end = begin + 1
-                base = starts[run[begin]] - starts[run[begin]] % ALIGN
-                while end < run.size and starts[run[end]] + self.row_bytes - base <= limit:
-                    end += 1
-                runs.append(run[begin:end])
-                begin = end
-        return runs
-
-    def _read(self, a0: int, a1: int) -> np.ndarray:
-        view = memoryview(self.staging.memory)[: a1 - a0]
-        done = os.preadv(self.fd, [view], a0)
+    def _read(self, a0: int, a1: int, at: int = 0) -> None:
+        """Bytes ``[a0, a1)`` of the file into the staging buffer from its byte ``at``."""
+        done = os.preadv(self.fd, [memoryview(self.staging.memory)[at: at + a1 - a0]], a0)
         if done != a1 - a0:
             raise OSError(f"disk tier: short read of {self.path} ({done} of {a1 - a0} bytes at {a0})")
-        self.actual["read"] += done
-        return self.staging.floats[: (a1 - a0) // 4]
+        self._moved("read", done)
 
     def _write(self, a0: int, a1: int) -> None:
         done = os.pwritev(self.fd, [memoryview(self.staging.memory)[: a1 - a0]], a0)
         if done != a1 - a0:
             raise OSError(f"disk tier: short write to {self.path} ({done} of {a1 - a0} bytes at {a0}); the disk "
                           "may be full")
-        self.actual["write"] += done
+        self._moved("write", done)
         if self.mode == "buffered":  # leave nothing of it in the page cache (on tmpfs this is a no-op)
             os.fdatasync(self.fd)
             os.posix_fadvise(self.fd, a0, a1 - a0, os.POSIX_FADV_DONTNEED)
 
-    def _rows_in(self, floats: np.ndarray, a0: int, first_row: int, count: int) -> np.ndarray:
+    def _read_partial(self, a0: int, a1: int, first_byte: int, end_byte: int) -> None:
+        """Before writing rows ``[first_byte, end_byte)`` of span ``[a0, a1)``: read the blocks they cover in
+        part (``plan.blocks.partial_blocks``), so the write keeps the neighbouring rows."""
+        if first_byte != a0 or (a1 - a0 == ALIGN and end_byte != a1):
+            self._read(a0, a0 + ALIGN)
+        if end_byte != a1 and a1 - a0 > ALIGN:
+            self._read(a1 - ALIGN, a1, at=a1 - a0 - ALIGN)
+
+    def _rows(self, a0: int, first_row: int, count: int) -> np.ndarray:
         """Rows ``first_row ..`` of the span starting at byte ``a0``, as a ``[count, width]`` view of the staging."""
         offset = (first_row * self.row_bytes - a0) // 4
-        return floats[offset: offset + count * self.width].reshape(count, self.width)
+        return self.staging.floats[offset: offset + count * self.width].reshape(count, self.width)
 
     # ---- the buffer's operations ---------------------------------------------------------------------------
     def read_range(self, start: int, stop: int) -> Tensor:
         out = torch.empty(stop - start, self.width)
         target = out.numpy()
         with self.lock:
-            for a0, a1, lo, hi in self._pieces(start, stop):
-                floats = self._read(a0, a1)
-                target[lo - start: hi - start] = self._rows_in(floats, a0, lo, hi - lo)
+            for lo, hi, a0, a1 in zip(*(v.tolist() for v in range_spans(start, stop, self.row_bytes, self.window))):
+                self._read(a0, a1)
+                target[lo - start: hi - start] = self._rows(a0, lo, hi - lo)
         return out
 
     @staticmethod
@@ -144,29 +128,25 @@ class RowFile:
         out = torch.empty(rows.size, self.width)
         target = out.numpy() if order is None else np.empty((rows.size, self.width), dtype=np.float32)
         with self.lock:
-            for run in self._groups(rows):
-                ids = rows[run]
-                a0 = ids[0] * self.row_bytes - ids[0] * self.row_bytes % ALIGN
-                a1 = aligned((ids[-1] + 1) * self.row_bytes)
-                floats = self._read(a0, a1)
-                block = self._rows_in(floats, a0, ids[0], ids[-1] - ids[0] + 1)
-                target[run] = block[ids - ids[0]]
+            for first, last, a0, a1 in zip(*(v.tolist() for v in spans(rows, self.row_bytes, self.window))):
+                self._read(a0, a1)
+                ids = rows[first: last + 1]
+                target[first: last + 1] = self._rows(a0, ids[0], ids[-1] - ids[0] + 1)[ids - ids[0]]
         if order is not None:
             out.numpy()[order] = target
         return out
 
     def write_range(self, start: int, rows: Tensor, add: bool = False) -> None:
-        """Rows ``[start, start + len(rows))`` = ``rows`` (or ``+= rows``): partial blocks are read first."""
+        """Rows ``[start, start + len(rows))`` = ``rows`` (or ``+= rows``)."""
         source = rows.detach().cpu().numpy()
         stop = start + source.shape[0]
         with self.lock:
-            for a0, a1, lo, hi in self._pieces(start, stop):
-                head, tail = lo * self.row_bytes != a0, hi * self.row_bytes != a1
-                if add or head or tail:
-                    floats = self._read(a0, a1)
+            for lo, hi, a0, a1 in zip(*(v.tolist() for v in range_spans(start, stop, self.row_bytes, self.window))):
+                if add:
+                    self._read(a0, a1)
                 else:
-                    floats = self.staging.floats[: (a1 - a0) // 4]
-                block = self._rows_in(floats, a0, lo, hi - lo)
+                    self._read_partial(a0, a1, lo * self.row_bytes, hi * self.row_bytes)
+                block = self._rows(a0, lo, hi - lo)
                 if add:
                     block += source[lo - start: hi - start]
                 else:
@@ -174,18 +154,15 @@ class RowFile:
                 self._write(a0, a1)
 
     def add_index(self, index: Tensor, rows: Tensor) -> None:
-        """``self[index] += rows`` for distinct ``index``: each run of nearby rows read, added to, written back."""
+        """``self[index] += rows`` for distinct ``index``: each group of nearby rows read, added to, written back."""
         ids_all, order = self._sorted(index)
         source = rows.detach().cpu().numpy()
         source = source if order is None else source[order]
         with self.lock:
-            for run in self._groups(ids_all):
-                ids = ids_all[run]
-                a0 = ids[0] * self.row_bytes - ids[0] * self.row_bytes % ALIGN
-                a1 = aligned((ids[-1] + 1) * self.row_bytes)
-                floats = self._read(a0, a1)
-                block = self._rows_in(floats, a0, ids[0], ids[-1] - ids[0] + 1)
-                block[ids - ids[0]] += source[run]
+            for first, last, a0, a1 in zip(*(v.tolist() for v in spans(ids_all, self.row_bytes, self.window))):
+                self._read(a0, a1)
+                ids = ids_all[first: last + 1]
+                self._rows(a0, ids[0], ids[-1] - ids[0] + 1)[ids - ids[0]] += source[first: last + 1]
                 self._write(a0, a1)
 
     def zero(self) -> None:

@@ -16,8 +16,9 @@ from torch import Tensor
 
 from flexgnn_core import models
 from flexgnn_core.engine.chunks import Chunk, Reordering, build_chunks, relabel_csr, reorder
-from flexgnn_core.plan import Budgets, Problem, layer_orders
+from flexgnn_core.plan import Budgets, Problem, blocks, layer_orders, transform_width
 from flexgnn_core.plan.chunking import chunk_bounds
+from flexgnn_core.plan.problem import staging_bytes
 from flexgnn_core.spec import Graph, ModelSpec
 
 
@@ -60,7 +61,23 @@ def problem_of(spec: ModelSpec, dims: tuple[int, ...], chunks: list[Chunk], num_
         param_bytes=params_bytes, device_budget_bytes=budgets.device_budget_bytes,
         host_budget_bytes=budgets.host_budget_bytes, order_rule=order_rule, **dropout_flags(spec))
     layer_orders(problem)  # an unknown order rule fails here, naming the valid ones
-    return problem
+    return dataclasses.replace(problem, **disk_blocks(problem, chunks))
+
+
+def disk_blocks(problem: Problem, chunks: list[Chunk]) -> dict:
+    """The disk tier's graph-dependent block sums of these chunks (``Problem.disk_halo_bytes``,
+    ``disk_edge_bytes``: what ``plan.blocks`` moves for every chunk's halo, and for every chunk's edge range)."""
+    staging = staging_bytes(problem)
+    widths = list(problem.dims) + [transform_width(problem, layer) for layer in range(problem.num_layers)]
+    halos = [chunk.halo.numpy() for chunk in chunks]
+    table = tuple((row, blocks.gather_bytes(halos, row, blocks.window(staging, row)))
+                  for row in blocks.row_widths(widths))
+    edges = None
+    if problem.attention:
+        row = 4 * problem.heads
+        edges = blocks.range_moves([(c.edge_start, c.edge_start + c.num_edges) for c in chunks], row,
+                                   blocks.window(staging, row))
+    return {"disk_halo_bytes": table, "disk_edge_bytes": edges}
 
 
 def prepare(graph: Graph, spec: ModelSpec, params: Mapping[str, Tensor], num_chunks: int, reordering: str = "none",

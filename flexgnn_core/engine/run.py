@@ -71,7 +71,7 @@ def execute(prepared: Prepared, plan: Plan, params: Mapping[str, Tensor], train:
             **result.extra, **dict(extra or {}), "policy": plan.policy, "num_chunks": plan.num_chunks,
             "prefetch_fetch_s": counters.fetch_s, "prefetch_wait_s": counters.wait_s,
             "prefetch_hidden_s": counters.hidden_s, "device_budget_bytes": budget,
-            # what the disk tier's system calls moved (whole aligned blocks; io_bytes has the rows the plan moved),
+            # each disk file's own total (whole aligned blocks: equal to io_bytes' disk links, a cross-check),
             # and what this process made the storage devices read and write over the same window (/proc/self/io)
             "disk_actual_bytes": disk_actual, "disk_modes": sorted(store.disk_modes),
             "proc_io_bytes": None if io_before is None or io_after is None else

@@ -8,9 +8,10 @@
   error or Ctrl-C: the store is a context manager and registers an ``atexit`` fallback). The disk tier's staging
   buffers (``staging_bytes`` each, one per thread that touches the disk) are host memory, accounted as such.
 
-``TierStore.counters`` holds current and peak bytes per tier, bytes per link (``h2d``, ``d2h``, ``disk_read``,
-``disk_write``: the rows a plan moves, which the simulator predicts exactly), the bytes the disk tier's system calls
-actually moved (``disk_actual``: whole aligned blocks) and the prefetch overlap times. Counters are updated under
+``TierStore.counters`` holds current and peak bytes per tier, bytes per link (``h2d``, ``d2h``: the rows a plan
+moves; ``disk_read``, ``disk_write``: the whole blocks the disk tier's system calls move, ``plan.blocks``; the
+simulator predicts all four exactly), each disk file's own total (``disk_actual``, a cross-check) and the prefetch
+overlap times. Counters are updated under
 a lock: prefetch threads read too.
 ``TierStore.prefetched`` runs a pass's fetches one chunk ahead in a background thread when they read off-device
 tiers, on CUDA on the store's one side stream (one stream for the store's life: each new stream would bring cuBLAS
@@ -107,7 +108,8 @@ class Buffer:
             path = store.disk_path(name)
             try:
                 workdirs.reserve(path, aligned(self.nbytes))  # blocks allocated now: a full disk is this error
-                self.file = RowFile(path, shape[0], int(np.prod(shape[1:])), store.staging)
+                self.file = RowFile(path, shape[0], int(np.prod(shape[1:])), store.staging,
+                                    on_move=lambda kind, n: store.counters.moved(f"disk_{kind}", n))
             except workdirs.DiskFull:
                 store.close()
                 raise
@@ -132,8 +134,7 @@ class Buffer:
         if self.tier == "disk":  # the read lands in new memory: that is the transfer, on CPU and to a pinned stage
             rows = self.file.read_range(index.start, index.stop) if isinstance(index, slice) else \
                 self.file.read_index(index)
-            rows = rows.view(-1, *self.shape[1:])
-            counters.moved("disk_read", rows.numel() * 4)
+            rows = rows.view(-1, *self.shape[1:])  # (the file counted the blocks it read: disk_read)
             counters.moved("h2d", rows.numel() * 4)
             if device.type == "cpu":
                 return rows
@@ -157,7 +158,6 @@ class Buffer:
             return
         self.store.counters.moved("d2h", rows.numel() * 4)
         if self.tier == "disk":
-            self.store.counters.moved("disk_write", rows.numel() * 4)
             self.file.write_range(index.start, rows.reshape(rows.shape[0], self.file.width).cpu())
             return
         self.data[index].copy_(rows)  # from the device: waits for the current stream only
@@ -171,8 +171,6 @@ class Buffer:
             rows = rows.cpu()
             index = index.cpu() if isinstance(index, Tensor) else index
         if self.tier == "disk":
-            self.store.counters.moved("disk_read", rows.numel() * 4)
-            self.store.counters.moved("disk_write", rows.numel() * 4)
             flat = rows.reshape(rows.shape[0], self.file.width)
             if isinstance(index, slice):
                 self.file.write_range(index.start, flat, add=True)
@@ -185,7 +183,6 @@ class Buffer:
 
     def zero_(self) -> None:
         if self.tier == "disk":
-            self.store.counters.moved("disk_write", self.nbytes)
             self.file.zero()
             return
         self.data.zero_()

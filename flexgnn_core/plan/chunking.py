@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import torch
 
+from flexgnn_core.plan import blocks
 from flexgnn_core.plan.problem import Problem
 
 CHUNK_COUNTS = (1, 2, 4, 8, 16, 32, 64)
@@ -81,4 +82,28 @@ def estimate_chunk_stats(problem: Problem, counts=CHUNK_COUNTS) -> dict[int, dic
 
 
 def problem_for(problem: Problem, stats: dict[str, int], count: int) -> Problem:
-    return replace(problem, num_chunks=count, **stats)
+    """``problem`` at P = ``count`` with chunk statistics ``stats``; at another P its disk block sums are
+    estimated (``estimate_disk_blocks``)."""
+    other = replace(problem, num_chunks=count, **stats)
+    return other if count == problem.num_chunks else replace(other, **estimate_disk_blocks(problem, other))
+
+
+def estimate_disk_blocks(problem: Problem, other: Problem) -> dict:
+    """``other``'s (the same graph at another P) disk block sums from ``problem``'s measured ones. A gather moves
+    every coalescing unit (``GAP_BYTES`` + a row) that one of its halo rows falls in: with halos spread uniformly
+    over the file (a chunk's halo a share f of the rows, c rows per unit) that is ``N x row x (1 - (1 - f)^c)`` per
+    chunk, scaled to match the measured bytes at ``problem``'s P (which captures the ordering's locality) and kept
+    between the halo rows themselves and a whole file per chunk. Per-edge buffers: near-equal edge ranges."""
+    n = problem.num_nodes
+
+    def uniform(p: Problem, row: int) -> float:
+        share = min(1.0, p.sum_halo_rows / p.num_chunks / max(n, 1))
+        per_unit = (blocks.GAP_BYTES + row) / row
+        return p.num_chunks * n * row * (1 - (1 - share) ** per_unit)
+
+    table = []
+    for row, measured in problem.disk_halo_bytes:
+        estimate = measured / max(uniform(problem, row), 1.0) * uniform(other, row)
+        low, high = other.sum_halo_rows * row, other.num_chunks * blocks.aligned(n * row)
+        table.append((row, int(min(max(estimate, low), high))))
+    return {"disk_halo_bytes": tuple(table), "disk_edge_bytes": None}

@@ -20,6 +20,7 @@ from typing import Any
 
 from flexgnn_core import models
 from flexgnn_core.dropout import BLOCK_ELEMENTS
+from flexgnn_core.plan.blocks import ALIGN
 from flexgnn_core.spec import TIERS
 
 PLACEMENTS = TIERS + ("recompute",)
@@ -31,7 +32,6 @@ FLOAT = 4
 # the largest transfer a step makes, at most MAX_STAGING_BYTES (larger transfers go in pieces).
 MAX_STAGING_BYTES = 8 * 2**20
 STAGING_THREADS = 2
-ALIGN = 4096
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,12 @@ class Problem:
     attention_dropout: bool = False
     # device + host together (on a CPU machine one RAM holds both; under a memory cap); None = no joint bound
     memory_budget_bytes: int | None = None
+    # The disk tier's graph-dependent block sums (plan.blocks), measured on the chunks (engine.prepare): per row
+    # size in bytes, what one gather of every chunk's halo moves; for per-edge buffers (attention), what one pass
+    # over every chunk's edge range moves and the partial blocks a write of it reads first. Empty / None (a
+    # problem made by hand): the halo rows themselves, and near-equal edge ranges.
+    disk_halo_bytes: tuple[tuple[int, int], ...] = ()
+    disk_edge_bytes: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         Budgets(self.device_budget_bytes, self.host_budget_bytes)  # the one validation of budgets

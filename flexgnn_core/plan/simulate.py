@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from flexgnn_core.plan import blocks
+from flexgnn_core.plan.chunking import chunk_bounds
 from flexgnn_core.plan.problem import (FLOAT, PLACEMENTS, STAGING_THREADS, Plan, Problem, check_placement,
                                        fixed_device_bytes, intermediates, layer_orders, staging_bytes,
                                        transform_width, working_set_bytes)
@@ -29,24 +31,66 @@ class LinkTerm:
         return all(placement.get(name) in allowed for name, allowed in self.when)
 
 
-def _moves(tier: str, chunks: int, read: int = 0, write: int = 0, add: int = 0,
-           zero: int = 0) -> tuple[tuple[str, int], ...]:
-    """Bytes per link of reads, writes, read-modify-write adds and zeroings of an off-device buffer (as
-    ``engine.tiers.Buffer`` counts them: a host add is one d2h copy, a disk add also reads and writes the file),
-    and ``ops``: the chunk-level transfers that carry them, one per chunk for each kind of access (a per-transfer
-    latency in the cost model; an access that runs twice per epoch is still counted once per chunk)."""
-    disk = tier == "disk"
-    links = {"h2d": read, "d2h": write + add, "disk_read": (read + add) * disk,
-             "disk_write": (write + add + zero) * disk}
-    ops = chunks * sum(1 for rows in (read, write, add) if rows)
-    return tuple((link, FLOAT * rows) for link, rows in links.items()) + (("ops", ops),)
+class _Units:
+    """The units a buffer's rows move in, each with its exact bytes (what crosses ``h2d`` / ``d2h``) and its disk
+    bytes (whole blocks, ``plan.blocks``): ``rows(w)`` every chunk's row range of a width-``w`` buffer (all ``N``
+    rows), ``halo(w)`` every chunk's halo, ``edges()`` every chunk's edge range of a per-edge-and-head buffer."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        self.staging = staging_bytes(problem)
+        self.halo_table = dict(problem.disk_halo_bytes)
+
+    def rows(self, width: int) -> "_Unit":
+        p, row = self.problem, FLOAT * width
+        span, partial = blocks.range_moves(chunk_bounds(p.num_nodes, p.num_chunks), row,
+                                           blocks.window(self.staging, row))
+        return _Unit(p.num_nodes * row, span, partial)
+
+    def halo(self, width: int) -> "_Unit":
+        p, row = self.problem, FLOAT * width
+        exact = p.sum_halo_rows * row
+        return _Unit(exact, self.halo_table.get(row, exact), 0)
+
+    def edges(self) -> "_Unit":
+        p, row = self.problem, FLOAT * self.problem.heads
+        if p.disk_edge_bytes is not None:
+            span, partial = p.disk_edge_bytes
+        else:
+            span, partial = blocks.range_moves(chunk_bounds(p.num_edges, p.num_chunks) if p.num_edges >= p.num_chunks
+                                               else [(0, p.num_edges)], row, blocks.window(self.staging, row))
+        return _Unit(p.num_edges * row, span, partial)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    exact: int  # bytes of the rows themselves
+    span: int  # bytes of the blocks around them (a disk read or write)
+    partial: int  # blocks a disk write of them reads first (rows covering a block in part)
+
+
+def _moves(tier: str, chunks: int, read=(), write=(), add=(), zero: int = 0) -> tuple[tuple[str, int], ...]:
+    """Bytes per link of reads, writes and read-modify-write adds (each a sequence of ``(times, unit)``) and a
+    zeroing of ``zero`` bytes, on an off-device buffer, as ``engine.tiers.Buffer`` counts them: ``h2d`` / ``d2h``
+    the rows; a host add is one d2h copy; on disk the blocks the system calls move (a write also reads its partial
+    blocks, an add reads and writes its span, zeroing writes the whole file). ``ops``: the chunk-level transfers
+    that carry them, one per chunk for each kind of access (a per-transfer latency in the cost model; an access
+    that runs twice per epoch is still counted once per chunk)."""
+    total = lambda accesses, attr: sum(times * getattr(unit, attr) for times, unit in accesses)  # noqa: E731
+    links = {"h2d": total(read, "exact"), "d2h": total(write, "exact") + total(add, "exact"),
+             "disk_read": 0, "disk_write": 0}
+    if tier == "disk":
+        links["disk_read"] = total(read, "span") + total(write, "partial") + total(add, "span")
+        links["disk_write"] = total(write, "span") + total(add, "span") + zero
+    ops = chunks * sum(1 for accesses in (read, write, add) if any(times for times, _ in accesses))
+    return tuple(links.items()) + (("ops", ops),)
 
 
 @functools.lru_cache(maxsize=256)  # solvers ask once per intermediate and placement; the problem is a frozen value
 def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
     """Every off-device transfer of one steady-state training epoch (layer 0's stored aggregate reused unless
-    ``problem.input_dropout``), in rows x width units turned into bytes, mirroring the engine read by read (``H`` =
-    sum of chunk halo sizes):
+    ``problem.input_dropout``), in units of every chunk's rows, halos or edges (``_Units``), mirroring the engine
+    read by read:
 
     - ``graph`` on the host: every chunk block is copied once per conv step, forward and backward, per layer;
     - ``h{l}``: written by layer l-1 and read back for its activation gradient; a model with self rows (SAGE's
@@ -61,45 +105,49 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
     - ``grad_h{l}``: zeroed, added by layer l's backward (halo scatter when aggregate-first, rows when transform-
       first, rows again for self rows), read by layer l-1; ``grad_h{L}`` written by the loss, read once.
     """
-    n, halo, edges, L = problem.num_nodes, problem.sum_halo_rows, problem.num_edges, problem.num_layers
+    n, L = problem.num_nodes, problem.num_layers
     reused = not problem.input_dropout  # layer 0's stored aggregate, made once
     attention, own = problem.attention, problem.model.self_rows
     stored, every, off = frozenset(TIERS), frozenset(PLACEMENTS), ("host", "disk")
     recomputed = frozenset({"recompute"})
-    blocks = (("h2d", 2 * L * problem.graph_bytes), ("d2h", 0), ("disk_read", 0), ("disk_write", 0),
-              ("ops", 2 * L * problem.num_chunks))
-    terms = [LinkTerm((("graph", frozenset({"host"})),), blocks)]
+    units = _Units(problem)
+    rows, halo = functools.cache(units.rows), functools.cache(units.halo)
+    file_bytes = lambda width: blocks.aligned(n * width * FLOAT)  # noqa: E731  (what zeroing writes)
+    link_blocks = (("h2d", 2 * L * problem.graph_bytes), ("d2h", 0), ("disk_read", 0), ("disk_write", 0),
+                   ("ops", 2 * L * problem.num_chunks))
+    terms = [LinkTerm((("graph", frozenset({"host"})),), link_blocks)]
 
-    def term(tier: str, name: str, other: tuple[str, frozenset[str]] | None = None, **rows: int) -> None:
+    def term(tier: str, name: str, other: tuple[str, frozenset[str]] | None = None, **accesses) -> None:
         terms.append(LinkTerm(((name, frozenset({tier})),) + ((other,) if other else ()),
-                              _moves(tier, problem.num_chunks, **rows)))
+                              _moves(tier, problem.num_chunks, **accesses)))
 
     for layer in range(L):
         d, tw = problem.dims[layer], transform_width(problem, layer)
         h, agg, t = f"h{layer}", f"agg{layer}", f"t{layer}"
+        gathers = 2 if attention else 1
         for tier in off:
-            term(tier, h, read=2 * n * d * own + n * d * (layer > 0), write=n * d * (layer > 0))
+            term(tier, h, read=[(2 * own + (layer > 0), rows(d))], write=[(int(layer > 0), rows(d))])
             if not attention:  # aggregate-first layers
-                term(tier, h, (agg, stored), read=halo * d * (layer > 0 or not reused))
-                term(tier, h, (agg, recomputed), read=2 * halo * d)
+                term(tier, h, (agg, stored), read=[(int(layer > 0 or not reused), halo(d))])
+                term(tier, h, (agg, recomputed), read=[(2, halo(d))])
                 if layer == 0 and reused:
-                    term(tier, agg, read=2 * n * d)
+                    term(tier, agg, read=[(2, rows(d))])
                 else:
-                    term(tier, agg, read=n * d, write=n * d)
-            term(tier, h, (t, stored), read=2 * n * d)
-            term(tier, h, (t, recomputed), read=n * d + halo * d * (2 if attention else 1))
-            term(tier, t, write=n * tw, read=halo * tw * (2 if attention else 1))
-            term(tier, f"grad_t{layer}", zero=n * tw, add=halo * tw, read=n * tw)
+                    term(tier, agg, read=[(1, rows(d))], write=[(1, rows(d))])
+            term(tier, h, (t, stored), read=[(2, rows(d))])
+            term(tier, h, (t, recomputed), read=[(1, rows(d)), (gathers, halo(d))])
+            term(tier, t, write=[(1, rows(tw))], read=[(gathers, halo(tw))])
+            term(tier, f"grad_t{layer}", zero=file_bytes(tw), add=[(1, halo(tw))], read=[(1, rows(tw))])
             if attention:
-                term(tier, f"att{layer}", write=edges * problem.heads, read=edges * problem.heads)
+                term(tier, f"att{layer}", write=[(1, units.edges())], read=[(1, units.edges())])
             if layer > 0:
                 grad = f"grad_h{layer}"
-                term(tier, grad, zero=n * d, read=n * d, add=n * d * own)
+                term(tier, grad, zero=file_bytes(d), read=[(1, rows(d))], add=[(own, rows(d))])
                 if not attention:
-                    term(tier, grad, (agg, every), add=halo * d)
-                term(tier, grad, (t, every), add=n * d)
+                    term(tier, grad, (agg, every), add=[(1, halo(d))])
+                term(tier, grad, (t, every), add=[(1, rows(d))])
     for tier in off:
-        term(tier, f"grad_h{L}", write=n * problem.dims[L], read=n * problem.dims[L])
+        term(tier, f"grad_h{L}", write=[(1, rows(problem.dims[L]))], read=[(1, rows(problem.dims[L]))])
     return tuple(terms)
 
 
