@@ -20,7 +20,7 @@ from typing import Any
 
 from flexgnn_core import models
 from flexgnn_core.dropout import BLOCK_ELEMENTS
-from flexgnn_core.plan.blocks import ALIGN
+from flexgnn_core.plan.blocks import ALIGN, aligned
 from flexgnn_core.spec import TIERS
 
 PLACEMENTS = TIERS + ("recompute",)
@@ -187,7 +187,7 @@ def staging_bytes(problem: Problem) -> int:
     rows = max(problem.max_chunk_rows, problem.max_halo_rows) * max(widths)
     edges = problem.max_chunk_edges * problem.heads if problem.attention else 0  # att{l}: a chunk's edge range
     largest = max(rows, edges) * FLOAT
-    return min(MAX_STAGING_BYTES, -(-largest // ALIGN) * ALIGN + 2 * ALIGN)
+    return min(MAX_STAGING_BYTES, aligned(largest) + 2 * ALIGN)
 
 
 def fixed_device_bytes(problem: Problem) -> int:

@@ -112,6 +112,7 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
     recomputed = frozenset({"recompute"})
     units = _Units(problem)
     rows, halo = functools.cache(units.rows), functools.cache(units.halo)
+    edges = units.edges() if attention else None  # one per-edge range pass, shared by every att{l} term
     file_bytes = lambda width: blocks.aligned(n * width * FLOAT)  # noqa: E731  (what zeroing writes)
     link_blocks = (("h2d", 2 * L * problem.graph_bytes), ("d2h", 0), ("disk_read", 0), ("disk_write", 0),
                    ("ops", 2 * L * problem.num_chunks))
@@ -139,7 +140,7 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
             term(tier, t, write=[(1, rows(tw))], read=[(gathers, halo(tw))])
             term(tier, f"grad_t{layer}", zero=file_bytes(tw), add=[(1, halo(tw))], read=[(1, rows(tw))])
             if attention:
-                term(tier, f"att{layer}", write=[(1, units.edges())], read=[(1, units.edges())])
+                term(tier, f"att{layer}", write=[(1, edges)], read=[(1, edges)])
             if layer > 0:
                 grad = f"grad_h{layer}"
                 term(tier, grad, zero=file_bytes(d), read=[(1, rows(d))], add=[(own, rows(d))])
