@@ -12,8 +12,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -175,23 +173,20 @@ def test_a_ddp_job_names_its_owner_and_reaps_a_killed_launchers_leftovers(tmp_pa
     live_pymp = Path(tempfile.mkdtemp(prefix="pymp-", dir=tmp_path))
     live_socket.bind(str(live_pymp / "listener-live"))
     seen_owner: list[dict] = []
+    make_owned = workdirs.make_owned
 
-    def watch() -> None:
-        deadline = time.monotonic() + 120
-        while not seen_owner and time.monotonic() < deadline:
-            for owner in tmp_path.glob(f"ddp_job_*/{workdirs.OWNER_FILE}"):
-                if owner.parent != stale_job:
-                    seen_owner.append(json.loads(owner.read_text()))
-            time.sleep(0.02)
+    def spy(parent, prefix):  # reads the owner file as soon as it is written: no polling race under load
+        path = make_owned(parent, prefix)
+        if prefix == "ddp_job_":
+            seen_owner.append(json.loads((path / workdirs.OWNER_FILE).read_text()))
+        return path
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    monkeypatch.setattr(workdirs, "make_owned", spy)
     graph, model = tricky_graph(), ModelSpec(kind="gcn", num_layers=2, hidden=8)
     params = init_params(model, graph.num_features, graph.num_classes, seed=0)
     try:
         ddp_fullgraph.train(graph, model, params, TrainSpec(epochs=3, progress=False, device="cpu"),
                             {"world_size": 1, "job_timeout_s": 120.0, "timeout_s": 30.0})
-        watcher.join(timeout=5)
         assert seen_owner and seen_owner[0]["pid"] == os.getpid()
         assert not stale_job.exists() and not stale_pymp.exists() and live_pymp.is_dir()
         assert not list(tmp_path.glob("ddp_job_*"))  # its own job directory is gone at the end
