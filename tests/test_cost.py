@@ -227,5 +227,13 @@ def test_calibration_is_cached_per_machine_and_forced_again(tmp_path, monkeypatc
     assert record["fingerprint"]["cores"] and record["fingerprint"]["torch"]
     record["hardware"]["matmul_flop_per_s"] = 123.0  # the cache, not a new measurement, answers the next call
     path.write_text(json.dumps(record))
-    assert calibrate.load_or_measure("cpu", scale=0.25).matmul_flop_per_s == 123.0
-    assert calibrate.load_or_measure("cpu", force=True, scale=0.25).matmul_flop_per_s != 123.0
+    calls: list[float] = []  # a second measurement is what this test must see happen or not, not its numbers
+
+    def remeasure(device, scale, notes):
+        calls.append(scale)
+        return dataclasses.replace(measured, matmul_flop_per_s=456.0)
+
+    monkeypatch.setattr(calibrate, "measure", remeasure)
+    assert calibrate.load_or_measure("cpu", scale=0.25).matmul_flop_per_s == 123.0 and not calls
+    assert calibrate.load_or_measure("cpu", force=True, scale=0.25).matmul_flop_per_s == 456.0 and calls == [0.25]
+    assert json.loads(path.read_text())["hardware"]["matmul_flop_per_s"] == 456.0  # and caches what it measured

@@ -73,9 +73,11 @@ def test_flexgnn_every_solver_matches_pyg(kind, policy):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("num_chunks, reorder", [(1, "none"), (48, "none"), (4, "rcm")])
+@pytest.mark.parametrize("num_chunks, reorder", [(1, "none"), (16, "none"), (4, "rcm"),
+                                                 pytest.param(48, "none", marks=pytest.mark.slow)])
 def test_flexgnn_chunked_and_reordered_draws_the_same_masks(kind, num_chunks, reorder):
-    """Masks are keyed by the user's vertex ids: one chunk, one vertex per chunk and a reordered graph agree."""
+    """Masks are keyed by the user's vertex ids: one chunk, 3 vertices and (slow) one vertex per chunk, and a
+    reordered graph agree."""
     model, params, reference = _reference(kind)
     options = {"print_plan": False, "policy": "all_host", "num_chunks": num_chunks, "reorder": reorder}
     _assert_same_curve(system.train(GRAPH, model, params, TRAIN, options), reference)
@@ -110,8 +112,9 @@ def test_bench_dropout_agg0_prints_json_last():
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "bench" / "dropout_agg0.py"
-    done = subprocess.run([sys.executable, str(script), "--nodes", "400", "--features", "8", "--hidden", "16",
+    script = Path(__file__).resolve().parent.parent / "bench" / "dropout_agg0.py"  # hidden 8x the features: the
+    # solver keeps layer 0 aggregate-first, so agg0 exists (at 2x, transform-first won and the bench skipped both)
+    done = subprocess.run([sys.executable, str(script), "--nodes", "400", "--features", "8", "--hidden", "64",
                            "--epochs", "3", "--repeats", "2", "--models", "gcn,sage", "--profile", "h200"],
                           capture_output=True, text=True, timeout=600, check=True)
     record = json.loads(done.stdout.strip().splitlines()[-1])

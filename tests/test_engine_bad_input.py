@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from baselines import pyg_fullgraph
 from flexgnn_core import system
 from flexgnn_core.models import init_params
 from flexgnn_core.spec import ModelSpec, TrainSpec
@@ -53,8 +54,12 @@ def test_num_chunks_outside_one_to_num_nodes_is_rejected(num_chunks, fix):
         _train(num_chunks=num_chunks)
 
 
-def test_one_vertex_per_chunk_is_allowed():
-    assert len(_train(num_chunks=24).epoch_losses) == 2
+def test_one_vertex_per_chunk_is_allowed_and_exact():
+    result = _train(policy="all_host", num_chunks=24)  # a fixed plan: no calibration
+    reference = pyg_fullgraph.train(GRAPH, MODEL, PARAMS, TRAIN, {})
+    assert len(result.epoch_losses) == 2 and result.plan["num_chunks"] == 24
+    torch.testing.assert_close(torch.tensor(result.epoch_losses), torch.tensor(reference.epoch_losses), rtol=1e-5,
+                               atol=0)
 
 
 def test_unknown_policy_lists_policies():

@@ -3,13 +3,14 @@ user's own graph files for pyg and flexgnn, printing the test accuracy at the be
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 
 import numpy as np
 import pytest
 
 from harness.config import validate
+from harness.run import run
 
 OGB = {"ogbn-arxiv-gcn": ("ogbn-arxiv", "gcn", 500), "ogbn-arxiv-sage": ("ogbn-arxiv", "sage", 500),
        "ogbn-products-gcn": ("ogbn-products", "gcn", 300), "ogbn-products-sage": ("ogbn-products", "sage", 300)}
@@ -52,16 +53,20 @@ def user_files(tmp_path) -> list[str]:
             "train.progress=false", "hardware.device=cpu"]
 
 
-def test_kipf_recipe_on_a_users_files_prints_test_accuracy_at_best_validation(run_harness, user_files):
+def test_kipf_recipe_on_a_users_files_prints_test_accuracy_at_best_validation(compose, mlflow_client, user_files,
+                                                                               caplog):
+    """In process (the entry point's subprocess is tests/test_harness_run.py's): the recipe's 200 epochs, the line
+    a user reads, and pyg and flexgnn agreeing on it."""
     records = {}
     for system in ("pyg", "flexgnn"):
         extra = ["hardware.profile=h200"] if system == "flexgnn" else []  # plan on a datasheet: no calibration
-        done = run_harness("+recipe=kipf", f"system={system}", *user_files, *extra)
-        assert done.returncode == 0, done.stderr[-3000:]
-        record = json.loads(done.stdout.strip().splitlines()[-1])
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="harness"):
+            record = run(compose(["+recipe=kipf", f"system={system}", *user_files, *extra]))
+        assert record["status"] == "ok"
         best = record["result"]["best_val"]
-        printed = re.search(r"at best val \(epoch (\d+), val ([0-9.]+)\): test acc ([0-9.]+)", done.stderr)
-        assert printed, done.stderr[-2000:]
+        printed = re.search(r"at best val \(epoch (\d+), val ([0-9.]+)\): test acc ([0-9.]+)", caplog.text)
+        assert printed, caplog.text[-2000:]
         assert (int(printed[1]), float(printed[3])) == (best["epoch"], round(best["test"], 4))
         assert len(record["result"]["epoch_losses"]) == len(record["result"]["epoch_val_acc"]) == 200
         assert record["config"]["model"]["hidden"] == 16 and record["result"]["evaluator"] == "accuracy"
