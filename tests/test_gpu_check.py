@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import gpu_check
 
 
+@pytest.mark.slow  # 20 s of subprocesses; CI runs the slow set (.ci/run)
 def test_dry_mode_collects_the_gpu_tests_and_runs_a_capped_benchmark_worker_on_cpu(tmp_path, capsys):
     out = tmp_path / "check.json"
     record = gpu_check.main(["--dry", "--out", str(out), "--cap-gib", "0.5"])

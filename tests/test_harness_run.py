@@ -114,6 +114,7 @@ def test_records_hold_no_inf_or_nan():
         dumps({"x": math.nan})
 
 
+@pytest.mark.slow  # 20 s: torchrun, 2 ranks, each importing the harness; CI runs the slow set
 def test_under_torchrun_only_rank_zero_records(harness_dirs, mlflow_client):
     """``torchrun -m harness system=ddp system.launch=env``: every rank trains, one record and one MLflow run."""
     import subprocess

@@ -118,6 +118,7 @@ def test_single_infeasible_run_exits_nonzero_with_the_reason(run_harness, harnes
     assert failed.info.status == "FAILED" and "is infeasible" in failed.data.tags["error"]
 
 
+@pytest.mark.slow  # 18 s: a 4-job sweep in a subprocess; CI runs the slow set (.ci/run)
 def test_tiny_planner_sweep_records_infeasible_jobs_and_writes_the_planner_table(run_harness, harness_dirs,
                                                                                  mlflow_client):
     harness_dirs.env["OMP_NUM_THREADS"] = "1"  # tiny kernels: 2 threads on a busy 2-core machine stall for seconds
