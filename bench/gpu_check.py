@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     cap_bytes = int(args.cap_gib * 2**30)
     bench_args = DRY_BENCH if args.dry else BENCH
-    pytest_args = ["-m", "gpu", "-q", "-p", "no:cacheprovider"] + (["--collect-only", "tests/test_gpu.py"]
-                                                                   if args.dry else [])
+    pytest_args = ["-m", "gpu", "-q", "-p", "no:cacheprovider", "-n", "0"] + (  # one process: one GPU, one cap
+        ["--collect-only", "tests/test_gpu.py"] if args.dry else [])
     print(f"plan: {'dry (CPU) ' if args.dry else ''}pytest {' '.join(pytest_args)} (<= {args.pytest_timeout_s:.0f} "
           f"s); flexgnn_vs_pyg {' '.join(bench_args)} under a {args.cap_gib:g} GiB device cap (<= "
           f"{args.bench_timeout_s:.0f} s); writing {out}", flush=True)

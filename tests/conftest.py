@@ -19,6 +19,26 @@ os.environ.setdefault("FLEXGNN_MEMORY_ROOM_BYTES", str(16 * 2**30))
 # refused, as with auto-install off. `pytest -m dgl` needs it made beforehand (bash scripts/make_dgl_env.sh); tests
 # of the first-use creation pass auto_install and a stand-in script explicitly (tests/test_dgl_env.py).
 os.environ["FLEXGNN_DGL_AUTO_INSTALL"] = "0"
+# Under pytest-xdist (the default: ``-n auto`` in pyproject.toml's addopts, workers as below) every worker is a
+# process of its own: each gets an equal share of the cores for torch's intra-op threads, so two workers on 2 cores
+# do not wait at each other's OpenMP barriers. Subprocesses started by tests inherit the share (OMP_NUM_THREADS).
+MAX_WORKERS = 4  # each worker imports torch, PyG, Hydra and MLflow (~0.5 GB); more gains little on this suite
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per usable core (affinity, not the host's count), at most ``MAX_WORKERS``."""
+    from flexgnn_core.machine import cores
+
+    return max(1, min(cores(), MAX_WORKERS))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    from flexgnn_core.machine import cores
+
+    _share = max(1, cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    _share = min(_share, int(os.environ.get("OMP_NUM_THREADS") or _share))  # a user's lower setting stands
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    torch.set_num_threads(_share)
 
 
 @pytest.fixture(scope="module")
