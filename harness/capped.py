@@ -8,7 +8,11 @@ reads the group's meters and decides:
 
 - ok: the child's result, with ``peak_bytes.job`` = the group's peak (what the kernel charged to the whole job);
 - oom (``OutOfMemory``): the kernel OOM-killed a process of the group, or an allocator refused memory in the
-  child (Python's ``MemoryError``, torch's "can't allocate memory", "CUDA out of memory" under the device cap);
+  child (Python's ``MemoryError``, torch's "can't allocate memory", "CUDA out of memory" under the device cap), or
+  the job thrashed at the cap: the kernel kept it alive by evicting and re-reading its code and file pages, every
+  task stalled on memory at least ``THRASH_STALL`` % of the time (PSI) for ``$FLEXGNN_THRASH_S`` seconds (60; 0
+  turns the watchdog off), and the parent killed it (measured: DGL's SAGE at 300k nodes under 1 GiB sat at the cap
+  for 15 min at 53-65% full stall instead of being OOM-killed);
 - infeasible: the planner found no plan (a result with ``status: infeasible``, as in-process);
 - anything else: ``CappedJobError`` (``CappedUserError`` for bad input) with the child's error and traceback.
 
@@ -35,6 +39,10 @@ from typing import Any
 from harness import memcap
 
 CAP_ENV = "FLEXGNN_MEMORY_CAP_BYTES"
+THRASH_ENV = "FLEXGNN_THRASH_S"
+THRASH_S = 60.0  # how long a job may thrash at its cap before it counts as out of memory
+THRASH_STALL = 50.0  # PSI full avg10, %: every task of the job waited for memory half the time
+THRASH_AT_CAP = 0.95  # ... while the group held at least this share of its cap
 OUTCOME_FILE = "outcome.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _SIZE_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
@@ -110,7 +118,7 @@ class CappedRun:
                 # The child's stdout goes to stderr: the harness's stdout ends with the record alone.
                 child = subprocess.Popen(group.command([sys.executable, "-m", "harness.capped", str(job_dir)]),
                                          env=self._child_env(), stdout=2)
-                returncode = child.wait()
+                returncode, thrash = self._wait(child, group)
                 group.kill()  # what the job left behind (a rank, a fork server) goes with it
                 usage = group.usage()
             finally:
@@ -122,7 +130,28 @@ class CappedRun:
                       "oom_kills": usage.oom_kills, "limit_hits": usage.limit_hits,
                       "device_cap_bytes": self.device_cap_bytes, "returncode": returncode,
                       "wall_s": time.perf_counter() - start}
-        return self._decide(returncode, usage, outcome)
+        return self._decide(returncode, usage, outcome, thrash)
+
+    def _wait(self, child: subprocess.Popen, group: memcap.Group, poll_s: float = 1.0
+              ) -> tuple[int, dict[str, Any] | None]:
+        """The child's exit code, and what the thrash watchdog saw where it killed the job (else None)."""
+        limit_s = float(os.environ.get(THRASH_ENV) or THRASH_S)
+        since = None
+        while True:
+            try:
+                return child.wait(timeout=poll_s), None
+            except subprocess.TimeoutExpired:
+                pass
+            if limit_s <= 0:
+                continue
+            stall, charged = group.stall(), group.charged()
+            now = time.monotonic()
+            at_cap = charged is not None and charged >= THRASH_AT_CAP * self.cap_bytes
+            since = (since or now) if at_cap and stall is not None and stall >= THRASH_STALL else None
+            if since is not None and now - since >= limit_s:
+                group.kill()
+                return child.wait(), {"stall_full_avg10": stall, "thrashing_s": round(now - since, 1),
+                                      "charged_bytes": charged}
 
     def _child_env(self) -> dict[str, str]:
         env = {**os.environ, CAP_ENV: str(self.cap_bytes)}
@@ -133,8 +162,15 @@ class CappedRun:
             env[DEVICE_CAP_ENV] = str(self.device_cap_bytes)
         return env
 
-    def _decide(self, returncode: int, usage: memcap.Usage, outcome: dict[str, Any] | None
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _decide(self, returncode: int, usage: memcap.Usage, outcome: dict[str, Any] | None,
+                thrash: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        if thrash is not None:
+            self.facts.update(oom_by="thrashing", thrash=thrash)
+            raise OutOfMemory(f"out of memory under hardware.memory_cap={self.cap_bytes} bytes "
+                              f"({self.cap_bytes / 2**30:.2f} GiB, {self.mechanism.kind}): the job thrashed at the "
+                              f"cap (every task waited for memory {thrash['stall_full_avg10']:.0f}% of the time for "
+                              f"{thrash['thrashing_s']:.0f} s) and was killed; {THRASH_ENV}=0 lets it run on",
+                              self.facts)
         if outcome and outcome["status"] == "ok" and returncode == 0:
             result = outcome["result"]
             result["peak_bytes"]["job"] = usage.peak_bytes

@@ -100,6 +100,17 @@ def _keyed(path: Path, key: str) -> int | None:
     return None
 
 
+def psi_full_avg10(text: str | None) -> float | None:
+    """``full avg10`` of a pressure file (``/proc/pressure/memory``, cgroup2's ``memory.pressure``): the percentage
+    of the last 10 s in which every task waited for memory; None where the kernel has no PSI."""
+    for line in (text or "").splitlines():
+        kind, *fields = line.split()
+        if kind == "full":
+            values = dict(field.split("=", 1) for field in fields)
+            return float(values["avg10"]) if "avg10" in values else None
+    return None
+
+
 def cgroup2_usage(group: Path) -> Usage:
     return Usage(_int(group / "memory.peak"), _keyed(group / "memory.events", "oom_kill"),
                  _keyed(group / "memory.events", "max"))
@@ -136,6 +147,21 @@ class Group:
         if "error" in report:
             raise MemcapUnavailable(f"systemd scope {self.unit}: {report['error']}")
         return Usage(report.get("peak_bytes"), report.get("oom_kills"), report.get("limit_hits"))
+
+    def charged(self) -> int | None:
+        """Bytes charged to the group now (None for systemd's scope, whose files its reporter reads)."""
+        name = {"cgroup2": "memory.current", "cgroup1": "memory.usage_in_bytes"}.get(self.mechanism)
+        return _int(self.path / name) if name else None
+
+    def stall(self) -> float | None:
+        """PSI ``full avg10`` for the group: its own ``memory.pressure`` on cgroup2; on cgroup1, which has no
+        per-group PSI, the machine's ``/proc/pressure/memory`` (read it only while the group is at its cap: then the
+        group is what stalls); None for systemd's scope or a kernel without PSI."""
+        if self.mechanism == "cgroup2":
+            return psi_full_avg10(_read(self.path / "memory.pressure"))
+        if self.mechanism == "cgroup1":
+            return psi_full_avg10(_read(Path("/proc/pressure/memory")))
+        return None
 
     def pids(self) -> list[int]:
         if self.mechanism == "systemd":

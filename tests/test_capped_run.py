@@ -50,6 +50,57 @@ def test_device_cap_is_a_fraction_of_the_device_and_only_ever_set_on_cuda(monkey
     assert cap_device_memory(torch.device("cuda:0")) is None  # no budget: nothing capped (and CUDA never touched)
 
 
+def test_psi_full_stall_is_read_from_the_pressure_files_format():
+    text = ("some avg10=65.40 avg60=65.18 avg300=61.32 total=528933345\n"
+            "full avg10=63.19 avg60=63.30 avg300=59.74 total=516065519\n")  # /proc/pressure/memory, as measured
+    assert memcap.psi_full_avg10(text) == 63.19
+    assert memcap.psi_full_avg10("some avg10=1.00 avg60=0 avg300=0 total=1\n") is None  # no "full" line
+    assert memcap.psi_full_avg10(None) is None  # a kernel without PSI
+
+
+class _Meters:
+    """A group whose meters a test sets: ``stall`` (PSI full avg10) and ``charged`` bytes; ``kill`` ends ``child``."""
+
+    def __init__(self, stall: float | None, charged: int | None):
+        self.stall_value, self.charged_value, self.child, self.killed = stall, charged, None, 0
+
+    def stall(self) -> float | None:
+        return self.stall_value
+
+    def charged(self) -> int | None:
+        return self.charged_value
+
+    def kill(self) -> None:
+        self.killed += 1
+        self.child.kill()
+
+
+@pytest.mark.parametrize("stall, charged, thrashes", [
+    (63.0, 1000, True),  # at the cap, stalled: killed after FLEXGNN_THRASH_S
+    (63.0, 500, False),  # stalled but far below the cap: the machine's pressure, not this job's
+    (10.0, 1000, False),  # at the cap but progressing (page cache at the limit is normal)
+    (None, 1000, False),  # no PSI on this kernel: no watchdog
+])
+def test_a_job_that_thrashes_at_its_cap_is_killed_and_out_of_memory(monkeypatch, stall, charged, thrashes):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv(capped.THRASH_ENV, "0.3")
+    run = capped.CappedRun(1000, memcap.Mechanism("cgroup1", None, "test"))
+    group = _Meters(stall, charged)
+    group.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    started = time.monotonic()
+    returncode, thrash = run._wait(group.child, group, poll_s=0.05)
+    if not thrashes:
+        assert (returncode, thrash, group.killed) == (0, None, 0) and time.monotonic() - started >= 2.5
+        return
+    assert returncode < 0 and group.killed == 1 and time.monotonic() - started < 2.5
+    assert thrash["stall_full_avg10"] == 63.0 and thrash["thrashing_s"] >= 0.3 and thrash["charged_bytes"] == 1000
+    with pytest.raises(capped.OutOfMemory, match="thrashed at the cap .*63% of the time.*FLEXGNN_THRASH_S=0"):
+        run._decide(returncode, memcap.Usage(1000, 0, 5), None, thrash)
+    assert run.facts["oom_by"] == "thrashing" and run.facts["thrash"] == thrash
+
+
 @pytest.mark.gpu
 def test_device_cap_makes_an_allocation_past_the_budget_fail():
     device = torch.device("cuda:0")
