@@ -60,27 +60,32 @@ def _series(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def epoch_vs_size_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """One panel per model (GCN and SAGE curves differ; one line through both would zigzag), shared axes."""
     capped = _capped(records)
     if not any(r.get("status") == "ok" for r in capped):
         return None
-    figure = new_figure(8.0, 5.0)
-    axes = figure.add_subplot()
-    for i, (label, runs) in enumerate(_series(capped).items()):
-        ok = [(_nodes(r), r["result"]["median_epoch_s"]) for r in runs if r.get("status") == "ok"]
-        oom = [_nodes(r) for r in runs if r.get("status") == "oom"]
-        colour = f"C{i % 10}"
-        if ok:
-            axes.plot(*zip(*ok), marker="o", color=colour, label=label)
-        if oom:  # out of memory: an x at the size, on the line's last height (or the axis floor)
-            height = ok[-1][1] if ok else min(t for _, t in ok or [(0, 1.0)])
-            axes.scatter(oom, [height] * len(oom), marker="x", s=80, color=colour,
-                         label=f"{label}: out of memory" if not ok else None)
+    models = sorted({str(r.get("model")) for r in capped})
+    colours = {label: f"C{i % 10}" for i, label in enumerate(_series(capped))}
+    figure = new_figure(max(8.0, 5.0 * len(models)), 5.0)
+    panels = figure.subplots(1, len(models), sharex=True, sharey=True, squeeze=False)[0]
     sizes = sorted({_nodes(r) for r in capped})
-    axes.set(xscale="log", yscale="log", xlabel="graph size (nodes)", ylabel="median epoch time (s)")
-    axes.set_xticks(sizes, [f"{n / 1e3:g}k" for n in sizes])
-    axes.set_title("Epoch time vs graph size under the memory cap (x: out of memory)\n" + hardware_line(capped),
-                   fontsize="medium")
-    axes.legend(fontsize="small")
+    floor = min(r["result"]["median_epoch_s"] for r in capped if r.get("status") == "ok")
+    for axes, model in zip(panels, models):
+        for label, runs in _series([r for r in capped if str(r.get("model")) == model]).items():
+            ok = [(_nodes(r), r["result"]["median_epoch_s"]) for r in runs if r.get("status") == "ok"]
+            oom = [_nodes(r) for r in runs if r.get("status") == "oom"]
+            if ok:
+                axes.plot(*zip(*ok), marker="o", color=colours[label], label=label)
+            if oom:  # out of memory: an x at the size, on the line's last height (or the figure's fastest epoch)
+                axes.scatter(oom, [ok[-1][1] if ok else floor] * len(oom), marker="x", s=80, color=colours[label],
+                             label=f"{label}: out of memory" if not ok else None)
+        axes.set(xscale="log", yscale="log", xlabel="graph size (nodes)", title=model)
+        axes.set_xticks(sizes, [f"{n / 1e3:g}k" for n in sizes])
+        axes.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)  # the sizes alone
+    panels[0].set_ylabel("median epoch time (s)")
+    panels[-1].legend(fontsize="small")
+    figure.suptitle("Epoch time vs graph size under the memory cap (x: out of memory)\n" + hardware_line(capped),
+                    fontsize="medium")
     figure.savefig(path, dpi=120)
     return path
 

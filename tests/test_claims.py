@@ -67,7 +67,8 @@ def test_each_claim_is_the_ratio_of_the_medians_it_links():
     assert "ran out of memory on 1 graph" in rows["neutronstar (R=4)"]["verdict"]
     assert rows["oom"]["measured"] == pytest.approx(4.0)  # flexgnn's 300k over the 75k PyG and DGL managed
     assert rows["oom"]["verdict"].startswith("reproduced in kind")
-    assert "pyg: largest ok 75k nodes, out of memory from 300k" in rows["oom"]["verdict"]
+    assert "pyg gcn: largest ok 75k nodes, out of memory from 300k" in rows["oom"]["verdict"]
+    assert "gcn 300k nodes: 4.00x (40.00 s vs 10.00 s)" in rows["hongtu"]["verdict"]  # each number names its cell
     assert rows["plan vs flexgnn[flexgnn_greedy]"]["measured"] == pytest.approx(1.25)
     assert rows["plan vs flexgnn[flexgnn_greedy]"]["geomean"] == pytest.approx((1.25 * 1.2) ** 0.5)
     assert "2 cores, CPU only), 2 torch threads" in rows["hongtu"]["measured_conditions"]
@@ -172,3 +173,24 @@ def test_run_names_read_apart_and_unset_config_values_stay_absent(harness_dirs, 
     found = mlflow_client.get_run(run_id).data
     assert found.params == {"model.hidden": "128"}  # no "null" strings for unset values
     assert found.tags["mlflow.source.git.commit"] == "abc123" and found.tags["mlflow.source.name"] == "python -m harness"
+
+
+def test_claims_plots_are_written_with_one_size_panel_per_model(tmp_path):
+    import copy
+
+    from matplotlib.image import imread
+
+    from harness.plots_claims import claims_plot, epoch_vs_size_plot, memory_vs_cap_plot
+
+    gcn = sweep_records()
+    sage = copy.deepcopy(gcn)
+    for r in sage:
+        r["model"], r["config"]["model"]["kind"] = "sage", "sage"
+    widths = {}
+    for name, records in (("one", gcn), ("two", gcn + sage)):
+        path = epoch_vs_size_plot(records, tmp_path / f"{name}.png")
+        widths[name] = imread(path).shape[1]
+    assert widths == {"one": 960, "two": 1200}  # 8 in, then 5 in per panel, at 120 dpi
+    assert claims_plot(gcn, tmp_path / "claims.png").stat().st_size > 0
+    assert memory_vs_cap_plot(gcn, tmp_path / "memory.png").stat().st_size > 0
+    assert epoch_vs_size_plot([r for r in gcn if r["status"] == "oom"], tmp_path / "none.png") is None  # nothing ok
