@@ -7,7 +7,8 @@ last job ends (``harness.sweep.SweepCallback``), ``log_comparisons`` adds to eve
   default flexgnn run of a case, ``speedup_vs/<baseline>`` against each claim's baseline that ran on the same graph
   (``flexgnn_hongtu_like``, ``flexgnn_flexgnn_greedy``, ``ddp_R2``, ``dgl``, ...);
 - ``parity/max_rel_loss_diff`` and ``parity/test_acc_diff`` against PyG (``harness.claims.parity_of``), with a
-  ``parity`` tag (``ok`` or ``BROKEN``) and ``parity_ref`` (the reference run);
+  ``parity`` tag (``ok`` or ``BROKEN``) and ``parity_ref`` (the reference run); the reference run itself (PyG, or
+  where PyG ran out of memory the first system that trained the case) gets 0 and the tag ``reference``;
 - ``mem/real_peak_bytes``: the kernel's peak of the whole job under ``hardware.memory_cap``, else the process's host
   peak: one comparable number for every system;
 
@@ -23,7 +24,7 @@ import math
 import time
 from typing import Any
 
-from harness.claims import claim_rows, label_of, metrics_of_claims, speedups
+from harness.claims import claim_rows, label_of, metrics_of_claims, references_of, speedups
 from harness.summary import summarize
 
 VIEW_KEY = "comparisons"  # the experiment tag mlflow.sharedViewState.comparisons (MLflow 3's shared views)
@@ -39,6 +40,7 @@ def _metric_name(label: str) -> str:
 def child_metrics(records: list[dict[str, Any]]) -> dict[str, tuple[dict[str, float], dict[str, str]]]:
     """MLflow run id -> (metrics, tags) for every ok record that has a run."""
     rows = {row["index"]: row for row in summarize(records)}
+    references = {id(record) for record in references_of(records).values()}
     vs: dict[int, dict[str, float]] = {}
     labels = {label_of(r) for r in records} - {"flexgnn", "pyg"}
     for baseline in sorted(labels):
@@ -54,6 +56,9 @@ def child_metrics(records: list[dict[str, Any]]) -> dict[str, tuple[dict[str, fl
         metrics = {"speedup_vs_pyg": row["speedup_vs_pyg"], "parity/max_rel_loss_diff": row["max_rel_loss_diff"],
                    "parity/test_acc_diff": row["test_acc_diff"], "mem/real_peak_bytes": peak, **vs.get(id(record), {})}
         tags = {"parity": row["parity"], "run": row["run"]}
+        if id(record) in references:  # the curve the others are measured against: its own difference is 0
+            metrics.update({"parity/max_rel_loss_diff": 0.0, "parity/test_acc_diff": 0.0})
+            tags["parity"] = "reference"
         found[run_id] = ({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                          {k: str(v) for k, v in tags.items() if v is not None})
     return found

@@ -127,6 +127,8 @@ def test_child_metrics_carry_speedups_parity_and_a_comparable_peak():
     assert values["speedup_vs/ddp_R4"] == pytest.approx(3.0) and values["mem/real_peak_bytes"] == 700 * 2**20
     assert tags == {"parity": "ok", "run": "flexgnn"}
     assert "speedup_vs_pyg" not in metrics["flex300"][0]  # pyg ran out of memory there
+    for reference in ("pyg75", "flex300"):  # PyG, and flexgnn where PyG and DGL ran out of memory
+        assert metrics[reference][1]["parity"] == "reference" and metrics[reference][0]["parity/max_rel_loss_diff"] == 0
 
 
 def test_comparisons_reach_mlflow_children_and_parent(harness_dirs, mlflow_client):
