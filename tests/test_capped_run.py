@@ -88,13 +88,13 @@ def test_a_job_that_thrashes_at_its_cap_is_killed_and_out_of_memory(monkeypatch,
     monkeypatch.setenv(capped.THRASH_ENV, "0.3")
     run = capped.CappedRun(1000, memcap.Mechanism("cgroup1", None, "test"))
     group = _Meters(stall, charged)
-    group.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    group.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
     started = time.monotonic()
     returncode, thrash = run._wait(group.child, group, poll_s=0.05)
     if not thrashes:
-        assert (returncode, thrash, group.killed) == (0, None, 0) and time.monotonic() - started >= 2.5
+        assert (returncode, thrash, group.killed) == (0, None, 0) and time.monotonic() - started >= 1.4
         return
-    assert returncode < 0 and group.killed == 1 and time.monotonic() - started < 2.5
+    assert returncode < 0 and group.killed == 1 and time.monotonic() - started < 1.4
     assert thrash["stall_full_avg10"] == 63.0 and thrash["thrashing_s"] >= 0.3 and thrash["charged_bytes"] == 1000
     with pytest.raises(capped.OutOfMemory, match="thrashed at the cap .*63% of the time.*FLEXGNN_THRASH_S=0"):
         run._decide(returncode, memcap.Usage(1000, 0, 5), None, thrash)
