@@ -165,11 +165,12 @@ def test_job_under_a_generous_cap_reports_the_kernels_peak(compose, mlflow_clien
 
 @pytest.mark.slow
 def test_ddp_rank_killed_under_the_cap_ends_the_job_as_oom_within_seconds(compose, memcap_mechanism):
-    # GAT with 16 heads x 256 hidden: each rank's activations (about 0.5 GB) outgrow the cap while the harness's
-    # child holding the small graph does not, so the kernel kills a rank; the collective timeout is 300 s.
+    # GAT with 16 heads x 256 hidden on 40k nodes: each rank's activations (about 1 GB) outgrow the cap while the
+    # harness's child holding the small graph does not, so the kernel kills a rank; the collective timeout is 300 s.
+    # (At 20k nodes, about 0.5 GB a rank, the job fitted 1 GiB in one CI run of two.)
     start = time.monotonic()
     record = run(compose([*TINY, "system=ddp", "model=gat", "model.heads=16", "model.hidden=256",
-                          "dataset.num_nodes=20000", "dataset.avg_degree=20", "system.partition=contiguous",
+                          "dataset.num_nodes=40000", "dataset.avg_degree=20", "system.partition=contiguous",
                           "system.timeout_s=300", "hardware.memory_cap=1GiB", "mlflow.enabled=false"]))
     assert record["status"] == "oom" and record["memory_cap"]["oom_kills"] >= 1
     assert "without an error record" in record["memory_cap"]["job_error"]  # a rank died, the supervisor noticed

@@ -87,6 +87,7 @@ def _scratch_copy(tmp_path: Path) -> Path:
     return scratch
 
 
+@pytest.mark.slow  # 10 s: the gate on a patched copy of the repo; CI runs the slow set and the gate itself
 def test_b_gate_fails_when_layer0_aggregate_reuse_is_disabled(tmp_path):
     scratch = _scratch_copy(tmp_path)
     hits = [(path, len(re.findall(AGG0_REUSE_PATTERN, path.read_text())))

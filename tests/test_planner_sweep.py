@@ -105,6 +105,7 @@ def test_engine_resolves_the_fraction_against_the_all_device_peak_at_its_p():
     assert refused.plan["device_budget_bytes"] == math.ceil(0.5 * budget) and not refused.plan["feasible"]
 
 
+@pytest.mark.slow  # 11 s, a harness subprocess (the engine's infeasible result: test_engine_bad_input, in process)
 def test_single_infeasible_run_exits_nonzero_with_the_reason(run_harness, harness_dirs, mlflow_client):
     harness_dirs.env["OMP_NUM_THREADS"] = "1"  # tiny kernels: 2 threads on a busy 2-core machine stall for seconds
     done = run_harness("+debug=fast", "system=flexgnn", "planner=all_device", "hardware.device_budget_fraction=0.5",
