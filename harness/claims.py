@@ -206,25 +206,27 @@ def claim_rows(records: list[dict[str, Any]], sweep_dir: Path | None = None) -> 
         row["claim"] = f"neutronstar (R={ranks})" if ranks else "neutronstar"
         rows.append(row)
 
-    largest: dict[str, int] = {}
-    stopped: dict[str, int] = {}
-    per_model: dict[str, dict[str, int]] = {"largest": {}, "stopped": {}}  # the text says it per system and model
+    most: dict[tuple[str, str], int] = {}  # (system, model) -> largest graph trained; the text says it per cell
+    least: dict[tuple[str, str], int] = {}  # (system, model) -> smallest graph that ran out of memory
     for record in capped:
         nodes = (record.get("config") or {}).get("dataset", {}).get("num_nodes") or 0
-        cell = f"{label_of(record)} {record.get('model')}"
+        cell = (label_of(record), str(record.get("model")))
         if record.get("status") == "ok":
-            largest[label_of(record)] = max(largest.get(label_of(record), 0), nodes)
-            per_model["largest"][cell] = max(per_model["largest"].get(cell, 0), nodes)
+            most[cell] = max(most.get(cell, 0), nodes)
         elif record.get("status") == "oom":
-            stopped[label_of(record)] = min(stopped.get(label_of(record), nodes), nodes)
-            per_model["stopped"][cell] = min(per_model["stopped"].get(cell, nodes), nodes)
+            least[cell] = min(least.get(cell, nodes), nodes)
+    largest: dict[str, int] = {}
+    stopped: dict[str, int] = {}
+    for (label, _), nodes in most.items():
+        largest[label] = max(largest.get(label, 0), nodes)
+    for (label, _), nodes in least.items():
+        stopped[label] = min(stopped.get(label, nodes), nodes)
     single = {label: n for label, n in largest.items() if not label.startswith(("flexgnn", "ddp"))}
     others = max(single.values(), default=0)
     ours = largest.get("flexgnn")
     shown = bool(ours) and any(stopped.get(label, math.inf) <= ours for label in ("pyg", "dgl"))
     measured = ours / others if shown and others else None  # only where PyG or DGL stopped below flexgnn's largest
-    most, least = per_model["largest"], per_model["stopped"]
-    text = "; ".join(f"{cell}: largest ok {most.get(cell, 0) / 1e3:g}k nodes"
+    text = "; ".join(f"{' '.join(cell)}: largest ok {most.get(cell, 0) / 1e3:g}k nodes"
                      + (f", out of memory from {least[cell] / 1e3:g}k" if cell in least else "")
                      for cell in sorted(set(most) | set(least)))
     if shown:

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from flexgnn_core.machine import cores
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The flexgnn planner bounds every plan by the memory this machine has free now (flexgnn_core.machine), a reading
 # that moves between two runs; tests that compare plans need it fixed: 16 GiB unless a test sets its own
@@ -27,14 +29,10 @@ MAX_WORKERS = 4  # each worker imports torch, PyG, Hydra and MLflow (~0.5 GB); m
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per usable core (affinity, not the host's count), at most ``MAX_WORKERS``."""
-    from flexgnn_core.machine import cores
-
     return max(1, min(cores(), MAX_WORKERS))
 
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    from flexgnn_core.machine import cores
-
     _share = max(1, cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     _share = min(_share, int(os.environ.get("OMP_NUM_THREADS") or _share))  # a user's lower setting stands
     os.environ["OMP_NUM_THREADS"] = str(_share)
