@@ -7,8 +7,10 @@ What it measures, per model (GCN, GraphSAGE, GAT) on one synthetic graph:
    each ``--offload`` policy at the smallest P of ``--chunks`` whose plan fits: epoch time ratio vs all_device
    (goals: <= 2x host offload, <= 3x disk), also vs all_device at the same P and reordering (which separates
    the cost of offloading from the effect of chunking), accounted device peak vs budget, bytes per link.
-3. Aggregation throughput: one whole-graph ``torch.sparse.mm`` (GCN-normalised CSR @ [N, F]) and the chunked
-   one, as a fraction of measured memory-copy bandwidth (minimum traffic: CSR + read X + write Y).
+3. Aggregation throughput (GCN-normalised CSR @ [N, F]): ``torch.sparse.mm`` and the engine's kernel
+   (``flexgnn_core.native.csr_mm``: whole graph, 8 chunks, and after ``system.reorder=metis``), each as a fraction
+   of measured memory-copy bandwidth (minimum traffic: CSR + read X + write Y; the copy, like each product,
+   writes a freshly allocated output).
 
 Why: the engine's speedups only mean something if training is exact (tests/test_engine_exact.py) and timed like
 every other system. Each run is its own subprocess so that no run inherits another's memory or warm caches.
@@ -97,30 +99,39 @@ def _median_time(fn, repeats: int = 5) -> float:
 
 
 def run_aggregation(args) -> dict:
-    """SpMM throughput vs memory-copy bandwidth (whole graph and in chunks, GCN normalisation)."""
+    """CSR product throughput vs memory-copy bandwidth (GCN normalisation): torch.sparse.mm, the engine's kernel
+    (``flexgnn_core.native.csr_mm``) whole and in 8 chunks, and the engine's kernel after ``system.reorder=metis``."""
     import torch
 
-    from flexgnn_core.engine.chunks import build_chunks
-    from flexgnn_core.kernels import csr
+    from flexgnn_core.engine.chunks import build_chunks, locality_parts, relabel_csr, reorder
+    from flexgnn_core.native import csr_mm, describe
     from flexgnn_core.norm import gcn_norm_csr
 
     graph = common.make_graph(args)
     big = torch.empty(64 * 2**20, dtype=torch.float32)  # 256 MiB
-    copy_s = _median_time(lambda: big.clone())
+    copy_s = _median_time(lambda: big.clone())  # a fresh output, like the products below: page faults included
     bandwidth = 2 * big.numel() * 4 / copy_s  # read + write
     rowptr, col, values = gcn_norm_csr(graph.rowptr, graph.col)
     n, e, f = graph.num_nodes, int(col.numel()), graph.num_features
     x = graph.x.contiguous()
     adj = torch.sparse_csr_tensor(rowptr, col, values, (n, n), check_invariants=False)
-    whole_s = _median_time(lambda: torch.sparse.mm(adj, x))
+    torch_s = _median_time(lambda: torch.sparse.mm(adj, x))
+    whole_s = _median_time(lambda: csr_mm(rowptr, col, values, x))
     chunks = build_chunks(rowptr, col, values, 8, self_loops=False)
-    chunked_s = _median_time(lambda: [torch.sparse.mm(csr(c, c.values, cols=c.src_global, width=n), x)
-                                      for c in chunks])
+    chunked_s = _median_time(lambda: [csr_mm(c.crow, c.src_global, c.values, x, n) for c in chunks])
+    parts = locality_parts(n, f * x.element_size())
+    order = reorder(graph.rowptr, graph.col, "metis", 1, row_bytes=f * x.element_size())  # as prepare() does
+    m_rowptr, m_col, m_values = gcn_norm_csr(*relabel_csr(graph.rowptr, graph.col, order))
+    m_x = x[order.perm].contiguous()
+    metis_s = _median_time(lambda: csr_mm(m_rowptr, m_col, m_values, m_x))
     traffic = e * (8 + 4) + (n + 1) * 8 + 2 * n * f * 4  # CSR (int64 col, fp32 value) + read X + write Y
-    return {"label": "aggregation", "copy_bandwidth_Bps": bandwidth, "spmm_whole_s": whole_s,
-            "spmm_chunked8_s": chunked_s, "min_traffic_bytes": traffic,
+    return {"label": "aggregation", "copy_bandwidth_Bps": bandwidth, "kernel": describe(),
+            "spmm_torch_s": torch_s, "spmm_whole_s": whole_s, "spmm_chunked8_s": chunked_s,
+            "spmm_metis_s": metis_s, "metis_parts": parts, "min_traffic_bytes": traffic,
+            "torch_fraction_of_bandwidth": traffic / torch_s / bandwidth,
             "whole_fraction_of_bandwidth": traffic / whole_s / bandwidth,
-            "chunked_fraction_of_bandwidth": traffic / chunked_s / bandwidth, "threads": torch.get_num_threads()}
+            "chunked_fraction_of_bandwidth": traffic / chunked_s / bandwidth,
+            "metis_fraction_of_bandwidth": traffic / metis_s / bandwidth, "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,9 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     runs = [common.run_worker(__file__, argv, {"label": "aggregation"})]
     agg = runs[0]
     if "error" not in agg:
-        print(f"aggregation: copy bandwidth {agg['copy_bandwidth_Bps'] / 1e9:.1f} GB/s; SpMM whole "
-              f"{agg['spmm_whole_s']:.3f} s = {agg['whole_fraction_of_bandwidth']:.1%} of bandwidth, 8 chunks "
-              f"{agg['spmm_chunked8_s']:.3f} s = {agg['chunked_fraction_of_bandwidth']:.1%}", flush=True)
+        print(f"aggregation: copy bandwidth {agg['copy_bandwidth_Bps'] / 1e9:.1f} GB/s; torch.sparse.mm "
+              f"{agg['spmm_torch_s']:.3f} s = {agg['torch_fraction_of_bandwidth']:.1%}; engine kernel "
+              f"({agg['kernel']}) whole {agg['spmm_whole_s']:.3f} s = {agg['whole_fraction_of_bandwidth']:.1%}, "
+              f"8 chunks {agg['spmm_chunked8_s']:.3f} s = {agg['chunked_fraction_of_bandwidth']:.1%}, after "
+              f"system.reorder=metis ({agg['metis_parts']} parts) {agg['spmm_metis_s']:.3f} s = "
+              f"{agg['metis_fraction_of_bandwidth']:.1%} of bandwidth", flush=True)
     summary = {}
     for kind in args.models.split(","):
         pyg = common.run_worker(__file__, argv, {"label": "pyg", "model": kind, "system": "pyg"})

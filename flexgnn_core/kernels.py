@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flexgnn_core import native
+
 NEGATIVE_SLOPE = 0.2
 
 
@@ -53,20 +55,15 @@ def csr(block: Block, values: Tensor, cols: Tensor | None = None, width: int | N
                                    check_invariants=False)
 
 
-def csr_t(block: Block, values: Tensor) -> Tensor:
-    """The transposed block ``[width, rows]``: ``csr_t(v) @ g`` is ``csr(v)^T @ g``."""
-    return torch.sparse_csr_tensor(block.t_crow, block.t_col, values.index_select(0, block.t_perm),
-                                   size=(block.width, block.rows), check_invariants=False)
-
-
 def spmm(block: Block, values: Tensor, x: Tensor) -> Tensor:
-    """``A x`` for the block's weighted adjacency: ``[rows, F]`` from ``x`` [width, F]."""
-    return torch.sparse.mm(csr(block, values), x)
+    """``A x`` for the block's weighted adjacency: ``[rows, F]`` from ``x`` [width, F] (``native.csr_mm``: the
+    C++ kernel on CPU, ``torch.sparse.mm`` elsewhere)."""
+    return native.csr_mm(block.crow, block.src_local, values, x, block.width)
 
 
 def spmm_t(block: Block, values: Tensor, g: Tensor) -> Tensor:
     """``A^T g``: the source rows' share of the gradient, ``[width, F]`` from ``g`` [rows, F]."""
-    return torch.sparse.mm(csr_t(block, values), g)
+    return native.csr_mm(block.t_crow, block.t_col, values.index_select(0, block.t_perm), g, block.rows)
 
 
 # ---- GAT attention ---------------------------------------------------------------------------------------------
@@ -89,9 +86,8 @@ def edge_softmax(block: Block, scores: Tensor) -> Tensor:
 
 
 def gat_aggregate(block: Block, alpha: Tensor, t: Tensor) -> Tensor:
-    """``out[v, k] = sum_e alpha[e, k] t[u, k]``: one sparse CSR product per head, ``[rows, heads, C]``."""
-    heads = t.shape[1]
-    return torch.stack([torch.sparse.mm(csr(block, alpha[:, k].contiguous()), t[:, k]) for k in range(heads)], dim=1)
+    """``out[v, k] = sum_e alpha[e, k] t[u, k]``: all heads in one CSR product, ``[rows, heads, C]``."""
+    return native.csr_mm(block.crow, block.src_local, alpha, t, block.width)
 
 
 def gat_backward(block: Block, t: Tensor, alpha: Tensor, scores: Tensor, d_out: Tensor, att_src: Tensor,
@@ -103,8 +99,7 @@ def gat_backward(block: Block, t: Tensor, alpha: Tensor, scores: Tensor, d_out: 
     src, dst = block.src_local, block.dst_local
     lengths = block.crow[1:] - block.crow[:-1]  # edges are sorted by destination: per-row sums are segments
     weights = alpha if drop is None else alpha * drop
-    d_t = torch.stack([torch.sparse.mm(csr_t(block, weights[:, k].contiguous()), d_out[:, k]) for k in range(heads)],
-                      dim=1)
+    d_t = native.csr_mm(block.t_crow, block.t_col, weights.index_select(0, block.t_perm), d_out, block.rows)
     # d_alpha[e, k] = <d_out[v, k], t[u, k]>: a sampled dense-dense product on the block's pattern, which never
     # materialises the [E, C] per-edge messages (20x faster than gathering both sides here).
     d_alpha = torch.stack([torch.sparse.sampled_addmm(csr(block, alpha[:, k].contiguous()), d_out[:, k].contiguous(),

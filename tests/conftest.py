@@ -39,6 +39,19 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(_share)
 
 
+def pytest_configure(config) -> None:
+    """Build the native CPU kernel (flexgnn_core/native) once, in the controller, before any worker or test
+    subprocess needs it: about 45 s on a machine that has never built it, a cache hit after that. Building inside a
+    test that kills its subprocesses (signals, watchdogs) could leave torch's build lock behind."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from flexgnn_core import native
+
+    if native.enabled():
+        sys.stderr.write("conftest: native CPU kernel (built on first use, ~45 s once per machine)... ")
+        sys.stderr.write(f"{native.describe()}\n")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of tiny-graph tests: they gain nothing from threads, and OpenMP barriers on a

@@ -98,8 +98,10 @@ def fingerprint(device: torch.device) -> dict[str, str]:
     except OSError:
         pass
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    from flexgnn_core import native
+
     return {"cpu": cpu, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
-            "torch": torch.__version__, "device": name}
+            "torch": torch.__version__, "device": name, "spmm": native.describe() if device.type == "cpu" else "cuda"}
 
 
 def cache_path(device: torch.device) -> Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flexgnn_core import kernels, models
+from flexgnn_core import kernels, models, native
 from flexgnn_core.engine.chunks import Chunk
 from flexgnn_core.engine.dropping import Dropping
 from flexgnn_core.engine.prepare import Prepared
@@ -134,8 +134,7 @@ class Engine:
 
     def _aggregate(self, chunk: Chunk, source: Tensor, whole: bool) -> Tensor:
         if whole:
-            matrix = kernels.csr(chunk, chunk.values, cols=chunk.src_global, width=self.num_nodes)
-            return torch.sparse.mm(matrix, source)
+            return native.csr_mm(chunk.crow, chunk.src_global, chunk.values, source, self.num_nodes)
         return kernels.spmm(chunk, chunk.values, source)
 
     def _scatter(self, name: str, chunk_dev: Chunk, d_rows: Tensor) -> None:

@@ -86,7 +86,8 @@ def prepare(graph: Graph, spec: ModelSpec, params: Mapping[str, Tensor], num_chu
     start = time.perf_counter()
     model = models.check(spec)
     chunk_bounds(graph.num_nodes, num_chunks)  # bad P fails before any work, naming the valid range
-    order = reorder(graph.rowptr, graph.col, reordering, num_chunks)
+    widest = max(spec.dims(graph.num_features, graph.num_classes)) * graph.x.element_size()
+    order = reorder(graph.rowptr, graph.col, reordering, num_chunks, row_bytes=widest)
     rowptr, col = relabel_csr(graph.rowptr, graph.col, order)
     rowptr, col, values = model.aggregation(rowptr, col)
     attention = model.family == "attention"

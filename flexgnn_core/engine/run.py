@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from flexgnn_core import machine
+from flexgnn_core import machine, native
 from flexgnn_core.engine.executor import Engine
 from flexgnn_core.evaluate import Evaluation, predictions
 from flexgnn_core.engine.prepare import Prepared
@@ -78,6 +78,8 @@ def execute(prepared: Prepared, plan: Plan, params: Mapping[str, Tensor], train:
             {key: io_after[key] - io_before[key] for key in io_after},
             "threads": {"torch": torch.get_num_threads(), "prefetch": 1 if prefetch else 0,
                         "cores": machine.cores()},
+            # what the chunks' CSR products ran on (flexgnn_core.native): "native" or torch.sparse.mm and why
+            "spmm_kernel": native.describe() if device.type == "cpu" else "torch.sparse.mm (cuda)",
             "device_within_budget": None if budget is None else counters.peak["device"] <= budget,
             "cuda_library_bytes": library,
             "cuda_within_budget": (None if budget is None or device.type != "cuda"

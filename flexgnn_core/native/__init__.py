@@ -1,0 +1,95 @@
+"""Native CPU kernels: the engine's CSR aggregation in C++ (``spmm.cpp``), built on first use, with a fallback.
+
+``csr_mm`` is the one entry point: ``out[r, h, :] = sum_j values[j, h] * x[col[j], h, :]`` over the CSR rows of
+``crow`` / ``col``. On CPU float32 tensors it runs the C++ kernel (register-blocked rows, prefetched gathers,
+AVX-512 / AVX2 / baseline code picked at load time; about 2-3x torch.sparse.mm's speed on this 2-core box,
+results/LOG.md 2026-12-02); everywhere else (CUDA, other dtypes, no compiler) it runs ``torch.sparse.mm`` per head,
+the engine's former path. Both sum each row's entries in column order, so they agree to fp32 rounding (the C++
+build may fuse multiply-adds: about 1e-7 relative).
+
+The kernel is compiled by ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja are needed; ``pip install
+ninja`` provides ninja) into torch's extension cache (``$TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``), once per machine and source version: about 45 s here. A failed build is reported
+once, as a warning that names the cause, and the fallback is used. ``FLEXGNN_NATIVE=0`` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+ENV = "FLEXGNN_NATIVE"
+_SOURCE = Path(__file__).with_name("spmm.cpp")
+_lock = threading.Lock()
+_state: dict = {}  # "module": the loaded extension or None; "why": the reason it is None
+
+
+def enabled() -> bool:
+    """Whether the C++ kernel may be used (``FLEXGNN_NATIVE`` is not ``0``)."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def load():
+    """The compiled extension (building it on first use), or None with ``why()`` saying why not."""
+    if not enabled():
+        return None
+    with _lock:
+        if "module" not in _state:
+            try:
+                from torch.utils.cpp_extension import load as build
+
+                _state["module"] = build(name="flexgnn_native_spmm", sources=[str(_SOURCE)],
+                                         extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                                         verbose=False)
+            except Exception as error:  # no compiler, no ninja, a read-only cache: the fallback still works
+                _state["module"] = None
+                _state["why"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+                warnings.warn(f"flexgnn native CPU kernel unavailable ({_state['why']}); aggregation falls back to "
+                              "torch.sparse.mm (about 2-3x slower on CPU). Install a C++ compiler and ninja "
+                              f"(pip install ninja) to build it, or set {ENV}=0 to silence this.", RuntimeWarning,
+                              stacklevel=2)
+    return _state["module"]
+
+
+def why() -> str | None:
+    """Why the kernel is not in use, or None when it is (or has not been needed yet)."""
+    if not enabled():
+        return f"{ENV}=0"
+    return _state.get("why")
+
+
+def describe() -> str:
+    """What ``csr_mm`` runs on CPU: ``"native"`` or ``"torch.sparse.mm (<reason>)"``, for records."""
+    return "native" if load() is not None else f"torch.sparse.mm ({why()})"
+
+
+def _usable(crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and values.dtype == torch.float32
+            and crow.dtype in (torch.int32, torch.int64) and col.dtype in (torch.int32, torch.int64)
+            and not (x.requires_grad or values.requires_grad) and load() is not None)
+
+
+def csr_mm(crow: Tensor, col: Tensor, values: Tensor, x: Tensor, width: int | None = None) -> Tensor:
+    """The CSR matrix (``crow``, ``col``, ``values``) times ``x``.
+
+    ``values`` is ``[E]`` with ``x`` ``[width, F]`` (result ``[rows, F]``), or ``[E, H]`` per head with ``x``
+    ``[width, H, C]`` (result ``[rows, H, C]``). ``width`` (the number of columns) defaults to ``x.shape[0]``.
+    """
+    rows, width = crow.numel() - 1, x.shape[0] if width is None else width
+    heads = 1 if values.dim() == 1 else values.shape[1]
+    if _usable(crow, col, values, x):
+        flat = x.reshape(x.shape[0], math.prod(x.shape[1:])).contiguous()
+        out = load().csr_spmm(crow.contiguous(), col.contiguous(), values.contiguous(), flat, heads)
+        return out.view(rows, *x.shape[1:])
+    if values.dim() == 1:
+        matrix = torch.sparse_csr_tensor(crow, col, values, size=(rows, width), check_invariants=False)
+        return torch.sparse.mm(matrix, x)
+    return torch.stack([torch.sparse.mm(torch.sparse_csr_tensor(crow, col, values[:, k].contiguous(),
+                                                                size=(rows, width), check_invariants=False), x[:, k])
+                        for k in range(heads)], dim=1)
