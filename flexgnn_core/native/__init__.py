@@ -85,7 +85,8 @@ def csr_mm(crow: Tensor, col: Tensor, values: Tensor, x: Tensor, width: int | No
     heads = 1 if values.dim() == 1 else values.shape[1]
     if _usable(crow, col, values, x):
         flat = x.reshape(x.shape[0], math.prod(x.shape[1:])).contiguous()
-        out = load().csr_spmm(crow.contiguous(), col.contiguous(), values.contiguous(), flat, heads)
+        with torch.profiler.record_function("flexgnn::csr_spmm"):  # a pybind call: invisible to the profiler else
+            out = load().csr_spmm(crow.contiguous(), col.contiguous(), values.contiguous(), flat, heads)
         return out.view(rows, *x.shape[1:])
     if values.dim() == 1:
         matrix = torch.sparse_csr_tensor(crow, col, values, size=(rows, width), check_invariants=False)
