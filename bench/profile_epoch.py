@@ -9,7 +9,9 @@ the same command run with and without it gives the before / after tables of issu
 
 Command (one model, about a minute on 2 cores):
     python bench/profile_epoch.py --model gat --out results/profile/gat_after.md
-    FLEXGNN_NATIVE=0 python bench/profile_epoch.py --model gat --out results/profile/gat_before.md
+The "before" tables of results/profile/ ran this script in a worktree of the commit before the kernel work
+(``git worktree add /tmp/before 1bcbdef && cp bench/profile_epoch.py /tmp/before/bench/``, then the same command
+there), which shows in their header as the tree they ran in.
 """
 
 from __future__ import annotations
@@ -74,14 +76,20 @@ def _phase_of(event) -> str | None:
 def profile(args) -> dict:
     import torch
 
-    from flexgnn_core import native, system
+    from flexgnn_core import system
     from flexgnn_core.engine.executor import Engine
+
+    try:
+        from flexgnn_core import native
+    except ImportError:  # a tree from before the native kernel (e.g. a worktree at the "before" commit)
+        native = None
 
     calls: dict = defaultdict(int)
     for name in PHASES:
         _wrap(Engine, name, calls)
     graph, model, params, train = common.setup_run(args, args.model, device="cpu")
-    native.load()  # a first build is not part of any epoch
+    if native is not None:
+        native.load()  # a first build is not part of any epoch
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         result = system.train(graph, model, params, train, {})
     epochs = calls["forward"]
@@ -94,16 +102,27 @@ def profile(args) -> dict:
             ops[event.name][0] += 1
             ops[event.name][1] += event.self_cpu_time_total / 1e3
     return {"epochs": epochs, "median_epoch_s": result.median_epoch_s, "plan": result.extra.get("policy"),
-            "num_chunks": result.extra.get("num_chunks"), "kernel": native.describe(),
+            "num_chunks": result.extra.get("num_chunks"), "kernel": native.describe() if native else "torch.sparse.mm, no flexgnn_core.native",
             "threads": torch.get_num_threads(), "phases_ms": {k: v / epochs for k, v in phases.items()},
             "ops": {k: (c / epochs, ms / epochs) for k, (c, ms) in ops.items()},
             "calls": {k: v for k, v in calls.items() if k != "evaluating"}}
 
 
+def _commit(tree: Path) -> str:
+    import subprocess
+
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (done.stdout.strip() or "unknown") + (" + uncommitted changes" if dirty else "")
+
+
 def render(args, argv: list[str], got: dict) -> str:
     total = sum(ms for _, ms in got["ops"].values())
     env = " ".join(f"{k}={os.environ[k]}" for k in ("FLEXGNN_NATIVE", "OMP_NUM_THREADS") if k in os.environ)
+    tree = Path(__file__).resolve().parents[1]
     lines = [f"# FlexGNN {args.model.upper()} epoch profile ({got['kernel']})", "",
+             f"Tree: `{tree}` at commit `{_commit(tree)}`  ",
              f"Command: `{(env + ' ') if env else ''}python bench/profile_epoch.py {shlex.join(argv)}`  ",
              f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load average "
              f"{open('/proc/loadavg').read().split()[0]}, {got['threads']} torch threads, graph {args.nodes} nodes x "
