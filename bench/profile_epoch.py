@@ -11,7 +11,9 @@ Command (one model, about a minute on 2 cores):
     python bench/profile_epoch.py --model gat --out results/profile/gat_after.md
 The "before" tables of results/profile/ ran this script in a worktree of the commit before the kernel work
 (``git worktree add /tmp/before 1bcbdef && cp bench/profile_epoch.py /tmp/before/bench/``, then the same command
-there), which shows in their header as the tree they ran in.
+there with a Python whose path has this venv's packages but not its editable install of this checkout, which would
+win over the worktree: ``python3 -m venv /tmp/bvenv`` plus a ``.pth`` naming ``.venv/lib/python3.11/site-packages``);
+the header names the tree whose ``flexgnn_core`` ran.
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def _commit(tree: Path) -> str:
     import subprocess
 
     done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no", "--",
+                            "flexgnn_core", "baselines", "bench"],
                            capture_output=True, text=True).stdout.strip()
     return (done.stdout.strip() or "unknown") + (" + uncommitted changes" if dirty else "")
 
@@ -120,7 +123,9 @@ def _commit(tree: Path) -> str:
 def render(args, argv: list[str], got: dict) -> str:
     total = sum(ms for _, ms in got["ops"].values())
     env = " ".join(f"{k}={os.environ[k]}" for k in ("FLEXGNN_NATIVE", "OMP_NUM_THREADS") if k in os.environ)
-    tree = Path(__file__).resolve().parents[1]
+    import flexgnn_core
+
+    tree = Path(flexgnn_core.__file__).resolve().parents[1]  # the engine that ran, not where this script lies
     lines = [f"# FlexGNN {args.model.upper()} epoch profile ({got['kernel']})", "",
              f"Tree: `{tree}` at commit `{_commit(tree)}`  ",
              f"Command: `{(env + ' ') if env else ''}python bench/profile_epoch.py {shlex.join(argv)}`  ",
