@@ -57,7 +57,7 @@ from baselines.ddp_halo import (PARTITIONS, CommCounters, DropKey, LocalGraph, S
 from baselines.ddp_options import HARDWARE_KEYS, DDPOptions, backend_for, rank_device  # noqa: F401 (registry reads it)
 from baselines.ddp_supervise import DistributedJobError, stop, supervise, watch_parent  # noqa: F401 (raised here)
 from baselines.ddp_torchrun import run_ranks
-from flexgnn_core import models, workdirs
+from flexgnn_core import models, native, workdirs
 from flexgnn_core.evaluate import Evaluation, predictions
 from flexgnn_core.loop import timed_training
 from flexgnn_core.memory import cap_device_memory
@@ -158,6 +158,8 @@ def _combine(base: RunResult, records: list[dict], opts: DDPOptions, backend: st
         "replication_factor": sum(r["num_owned"] + r["num_halo"] for r in records)
         / max(sum(r["num_owned"] for r in records), 1),
         "ranks": records,
+        # what the ranks' CSR products ran on (the engine's kernels.py, flexgnn_core.native on CPU)
+        "spmm_kernel": native.describe() if records[0]["device"].startswith("cpu") else "torch.sparse.mm (cuda)",
     }
     return dataclasses.replace(
         base, epoch_times_s=epoch_times, device=f"{world}x{records[0]['device'].split(':')[0]}",

@@ -96,3 +96,29 @@ def test_tensors_that_need_autograd_or_other_dtypes_take_torch(monkeypatch):
     x64 = torch.rand(20, 4, dtype=torch.float64)
     out = native.csr_mm(crow, col, torch.rand(int(crow[-1]), dtype=torch.float64), x64)
     assert out.dtype == torch.float64 and not calls  # not even asked: float64 never goes native
+
+
+def test_autograd_functions_get_the_kernel_and_tracked_products_do_not(monkeypatch):
+    """DDP's BlockSpMM calls the kernels inside ``Function.forward`` (grad mode off, inputs requiring grad): those
+    run native; a product autograd must track (grad mode on) takes torch.sparse.mm, which has a backward."""
+    if native.load() is None:
+        pytest.skip(f"LOUD SKIP: native kernel unavailable here ({native.why()})")
+    crow, col = _csr(30, 30, torch.int64, seed=4)
+    x = torch.rand(30, 8, requires_grad=True)
+    values = torch.rand(int(crow[-1]))
+    seen = []
+    real = native.load()
+
+    class Spy:
+        def csr_spmm(self, *args):
+            seen.append(1)
+            return real.csr_spmm(*args)
+
+    monkeypatch.setattr(native, "load", lambda: Spy())
+    with torch.no_grad():
+        native.csr_mm(crow, col, values, x)
+    assert seen == [1]
+    out = native.csr_mm(crow, col, values, x)
+    assert seen == [1] and out.requires_grad  # tracked: the fallback, so the gradient flows
+    out.sum().backward()
+    assert x.grad is not None

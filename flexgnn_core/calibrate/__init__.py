@@ -101,7 +101,8 @@ def fingerprint(device: torch.device) -> dict[str, str]:
     from flexgnn_core import native
 
     return {"cpu": cpu, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
-            "torch": torch.__version__, "device": name, "spmm": native.describe() if device.type == "cpu" else "cuda"}
+            "torch": torch.__version__, "device": name,
+            "spmm": native.describe() if device.type == "cpu" else "cuda"}  # the product the rates were measured on
 
 
 def cache_path(device: torch.device) -> Path:

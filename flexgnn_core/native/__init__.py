@@ -49,7 +49,8 @@ def load():
                                          verbose=False)
             except Exception as error:  # no compiler, no ninja, a read-only cache: the fallback still works
                 _state["module"] = None
-                _state["why"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+                lines = str(error).strip().splitlines()
+                _state["why"] = f"{type(error).__name__}: {lines[-1] if lines else ''}"
                 warnings.warn(f"flexgnn native CPU kernel unavailable ({_state['why']}); aggregation falls back to "
                               "torch.sparse.mm (about 2-3x slower on CPU). Install a C++ compiler and ninja "
                               f"(pip install ninja) to build it, or set {ENV}=0 to silence this.", RuntimeWarning,
@@ -70,9 +71,12 @@ def describe() -> str:
 
 
 def _usable(crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> bool:
+    """CPU float32 operands that autograd does not need to track (the kernel has no backward of its own: inside a
+    ``torch.autograd.Function`` such as DDP's ``BlockSpMM`` grad mode is off, and the kernel runs)."""
+    tracked = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
     return (x.device.type == "cpu" and x.dtype == torch.float32 and values.dtype == torch.float32
             and crow.dtype in (torch.int32, torch.int64) and col.dtype in (torch.int32, torch.int64)
-            and not (x.requires_grad or values.requires_grad) and load() is not None)
+            and not tracked and load() is not None)
 
 
 def csr_mm(crow: Tensor, col: Tensor, values: Tensor, x: Tensor, width: int | None = None) -> Tensor:
