@@ -87,13 +87,18 @@ def profile(args) -> dict:
         native = None
 
     calls: dict = defaultdict(int)
-    for name in PHASES:
-        _wrap(Engine, name, calls)
+    originals = {name: getattr(Engine, name) for name in PHASES}
     graph, model, params, train = common.setup_run(args, args.model, device="cpu")
     if native is not None:
         native.load()  # a first build is not part of any epoch
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        result = system.train(graph, model, params, train, {})
+    try:
+        for name in PHASES:
+            _wrap(Engine, name, calls)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            result = system.train(graph, model, params, train, {})
+    finally:
+        for name, method in originals.items():  # the engine as it was, for whatever runs next in this process
+            setattr(Engine, name, method)
     epochs = calls["forward"]
     phases: dict = defaultdict(float)
     ops: dict = defaultdict(lambda: [0, 0.0])
