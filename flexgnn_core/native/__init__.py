@@ -79,6 +79,14 @@ def _usable(crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> bool:
             and not tracked and load() is not None)
 
 
+# The C++ product as a torch operator, ``torch.ops.flexgnn.csr_spmm``, so that dispatch modes (the gate's op
+# counter) and the profiler see it like an aten op. A plain ``Library`` registration: ``csr_mm`` costs about 13 us a
+# call with it (the pybind call alone 1 us), with ``torch.library.custom_op`` 34 us (measured on this box).
+_LIBRARY = torch.library.Library("flexgnn", "DEF")
+_LIBRARY.define("csr_spmm(Tensor crow, Tensor col, Tensor values, Tensor x, int heads) -> Tensor")
+_LIBRARY.impl("csr_spmm", lambda crow, col, values, x, heads: load().csr_spmm(crow, col, values, x, heads), "CPU")
+
+
 def csr_mm(crow: Tensor, col: Tensor, values: Tensor, x: Tensor, width: int | None = None) -> Tensor:
     """The CSR matrix (``crow``, ``col``, ``values``) times ``x``.
 
@@ -89,8 +97,7 @@ def csr_mm(crow: Tensor, col: Tensor, values: Tensor, x: Tensor, width: int | No
     heads = 1 if values.dim() == 1 else values.shape[1]
     if _usable(crow, col, values, x):
         flat = x.reshape(x.shape[0], math.prod(x.shape[1:])).contiguous()
-        with torch.profiler.record_function("flexgnn::csr_spmm"):  # a pybind call: invisible to the profiler else
-            out = load().csr_spmm(crow.contiguous(), col.contiguous(), values.contiguous(), flat, heads)
+        out = torch.ops.flexgnn.csr_spmm(crow.contiguous(), col.contiguous(), values.contiguous(), flat, heads)
         return out.view(rows, *x.shape[1:])
     if values.dim() == 1:
         matrix = torch.sparse_csr_tensor(crow, col, values, size=(rows, width), check_invariants=False)
