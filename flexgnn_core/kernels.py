@@ -48,21 +48,22 @@ def long_index(index: Tensor) -> Tensor:
     return index if index.dtype == torch.int64 else index.long()
 
 
-def csr(block: Block, values: Tensor, cols: Tensor | None = None, width: int | None = None) -> Tensor:
-    """The block as a sparse CSR ``[rows, width]`` with ``values`` per edge (or other ``cols`` of ``width``)."""
-    return torch.sparse_csr_tensor(block.crow, block.src_local if cols is None else cols, values,
-                                   size=(block.rows, block.width if width is None else width),
+def csr(block: Block, values: Tensor) -> Tensor:
+    """The block as a sparse CSR ``[rows, width]`` with ``values`` per edge."""
+    return torch.sparse_csr_tensor(block.crow, block.src_local, values, size=(block.rows, block.width),
                                    check_invariants=False)
 
 
 def spmm(block: Block, values: Tensor, x: Tensor) -> Tensor:
-    """``A x`` for the block's weighted adjacency: ``[rows, F]`` from ``x`` [width, F] (``native.csr_mm``: the
-    C++ kernel on CPU, ``torch.sparse.mm`` elsewhere)."""
+    """``A x`` for the block's weighted adjacency: ``[rows, F]`` from ``x`` [width, F], or per head ``[rows, H, C]``
+    from values [E, H] and ``x`` [width, H, C] (``native.csr_mm``: the C++ kernel on CPU, ``torch.sparse.mm``
+    elsewhere)."""
     return native.csr_mm(block.crow, block.src_local, values, x, block.width)
 
 
 def spmm_t(block: Block, values: Tensor, g: Tensor) -> Tensor:
-    """``A^T g``: the source rows' share of the gradient, ``[width, F]`` from ``g`` [rows, F]."""
+    """``A^T g``: the source rows' share of the gradient, ``[width, F]`` from ``g`` [rows, F] (per head as in
+    ``spmm``)."""
     return native.csr_mm(block.t_crow, block.t_col, values.index_select(0, block.t_perm), g, block.rows)
 
 
@@ -87,7 +88,7 @@ def edge_softmax(block: Block, scores: Tensor) -> Tensor:
 
 def gat_aggregate(block: Block, alpha: Tensor, t: Tensor) -> Tensor:
     """``out[v, k] = sum_e alpha[e, k] t[u, k]``: all heads in one CSR product, ``[rows, heads, C]``."""
-    return native.csr_mm(block.crow, block.src_local, alpha, t, block.width)
+    return spmm(block, alpha, t)
 
 
 def gat_backward(block: Block, t: Tensor, alpha: Tensor, scores: Tensor, d_out: Tensor, att_src: Tensor,
@@ -99,7 +100,7 @@ def gat_backward(block: Block, t: Tensor, alpha: Tensor, scores: Tensor, d_out: 
     src, dst = block.src_local, block.dst_local
     lengths = block.crow[1:] - block.crow[:-1]  # edges are sorted by destination: per-row sums are segments
     weights = alpha if drop is None else alpha * drop
-    d_t = native.csr_mm(block.t_crow, block.t_col, weights.index_select(0, block.t_perm), d_out, block.rows)
+    d_t = spmm_t(block, weights, d_out)
     # d_alpha[e, k] = <d_out[v, k], t[u, k]>: a sampled dense-dense product on the block's pattern, which never
     # materialises the [E, C] per-edge messages (20x faster than gathering both sides here).
     d_alpha = torch.stack([torch.sparse.sampled_addmm(csr(block, alpha[:, k].contiguous()), d_out[:, k].contiguous(),

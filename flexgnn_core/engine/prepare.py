@@ -86,8 +86,8 @@ def prepare(graph: Graph, spec: ModelSpec, params: Mapping[str, Tensor], num_chu
     start = time.perf_counter()
     model = models.check(spec)
     chunk_bounds(graph.num_nodes, num_chunks)  # bad P fails before any work, naming the valid range
-    widest = max(spec.dims(graph.num_features, graph.num_classes)) * graph.x.element_size()
-    order = reorder(graph.rowptr, graph.col, reordering, num_chunks, row_bytes=widest)
+    dims = tuple(spec.dims(graph.num_features, graph.num_classes))
+    order = reorder(graph.rowptr, graph.col, reordering, num_chunks, row_bytes=max(dims) * graph.x.element_size())
     rowptr, col = relabel_csr(graph.rowptr, graph.col, order)
     rowptr, col, values = model.aggregation(rowptr, col)
     attention = model.family == "attention"
@@ -98,7 +98,6 @@ def prepare(graph: Graph, spec: ModelSpec, params: Mapping[str, Tensor], num_chu
     y = graph.y if identity else graph.y[perm]
     masks = {split: (m if identity else m[perm]) for split, m in
              (("train", graph.train_mask), ("val", graph.val_mask), ("test", graph.test_mask))}
-    dims = tuple(spec.dims(graph.num_features, graph.num_classes))
     param_bytes = sum(p.numel() * 4 for p in params.values())
     problem = problem_of(spec, dims, chunks, int(col.numel()), param_bytes, budgets, order_rule)
     return Prepared(spec=spec, order=order, rowptr=rowptr, col=col, values=values, chunks=chunks, x=x, y=y,

@@ -39,6 +39,8 @@ def load():
     """The compiled extension (building it on first use), or None with ``why()`` saying why not."""
     if not enabled():
         return None
+    if "module" in _state:  # every product asks: no lock once decided
+        return _state["module"]
     with _lock:
         if "module" not in _state:
             try:
