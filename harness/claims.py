@@ -55,13 +55,13 @@ def label_of(record: dict[str, Any]) -> str:
 
 
 def case_of(record: dict[str, Any]) -> tuple:
-    """Records that trained the same model on the same graph under the same cap per device compare (DDP's R ranks
-    hold R x the cap of one device)."""
+    """Records that trained the same model on the same graph (its draw: ``dataset.seed``) under the same cap per
+    device compare (DDP's R ranks hold R x the cap of one device)."""
     config = record.get("config") or {}
     dataset, model = config.get("dataset") or {}, config.get("model") or {}
     keep = ("kind", "num_layers", "hidden", "heads", "dropout", "input_dropout", "weight_decay", "lr")
     return (record.get("dataset"), dataset.get("num_nodes"), dataset.get("avg_degree"), dataset.get("num_features"),
-            tuple((key, model.get(key)) for key in keep), cap_per_device(record))
+            dataset.get("seed"), tuple((key, model.get(key)) for key in keep), cap_per_device(record))
 
 
 def cap_per_device(record: dict[str, Any]) -> int | None:
@@ -86,9 +86,18 @@ def link_of(record: dict[str, Any], sweep_dir: Path | None) -> str:
     return str(paths.get("record") or record.get("_path") or "?")
 
 
+def parity_case_of(record: dict[str, Any]) -> tuple:
+    """What parity compares: the same case (``case_of``) from the same initial weights and dropout masks
+    (``train.seed``). Runs of other seeds start elsewhere: their curves differ by design, not by a bug (a recipe's
+    10-seed sweep gets one reference per seed)."""
+    config = record.get("config") or {}
+    return (*case_of(record), (config.get("train") or {}).get("seed"))
+
+
 def parity_of(record: dict[str, Any], references: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
-    """Loss-curve and accuracy parity of one ok record against its case's reference (PyG where it ran)."""
-    reference = references.get(case_of(record))
+    """Loss-curve and accuracy parity of one ok record against its reference (PyG where it ran) of the same case
+    and seeds (``parity_case_of``)."""
+    reference = references.get(parity_case_of(record))
     if record.get("status") != "ok" or reference is None or reference is record:
         return {"parity_ref": None, "max_rel_loss_diff": None, "test_acc_diff": None, "parity": None}
     ours, theirs = (r["result"].get("epoch_losses") or [] for r in (record, reference))
@@ -102,12 +111,13 @@ def parity_of(record: dict[str, Any], references: dict[tuple, dict[str, Any]]) -
 
 
 def references_of(records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    """Per case, the reference run of parity: PyG, else the first of ``REFERENCE_ORDER`` that ran."""
+    """Per case and seeds (``parity_case_of``), the reference run of parity: PyG, else the first of
+    ``REFERENCE_ORDER`` that ran."""
     found: dict[tuple, dict[str, Any]] = {}
     for label in REFERENCE_ORDER:
         for record in records:
             if record.get("status") == "ok" and label_of(record) == label:
-                found.setdefault(case_of(record), record)
+                found.setdefault(parity_case_of(record), record)
     return found
 
 

@@ -21,9 +21,10 @@ LOSSES = [2.0, 1.5, 1.2, 1.0]
 
 def record(system: str, nodes: int, median: float | None, *, planner: str | None = None, ranks: int = 1,
            status: str = "ok", losses: list[float] = LOSSES, test: float = 0.9, run_id: str | None = None,
-           cap: int | None = CAP) -> dict:
-    job = f"{system}{planner or ''}{ranks}_{nodes}"
-    config = {"dataset": {"name": "synthetic", "num_nodes": nodes, "avg_degree": 20, "num_features": 128},
+           cap: int | None = CAP, seed: int = 0, graph_seed: int = 0) -> dict:
+    job = f"{system}{planner or ''}{ranks}_{nodes}" + (f"_{seed}_{graph_seed}" if seed or graph_seed else "")
+    config = {"dataset": {"name": "synthetic", "num_nodes": nodes, "avg_degree": 20, "num_features": 128,
+                          "seed": graph_seed}, "train": {"seed": seed},
               "model": {"kind": "gcn", "num_layers": 2, "hidden": 128},
               "system": {"name": system, "world_size": ranks} if system == "ddp" else {"name": system},
               "planner": {"name": planner} if planner else None, "hardware": {"memory_cap": "1GiB" if cap else None}}
@@ -110,6 +111,23 @@ def test_parity_is_measured_against_pyg_and_flags_a_curve_that_left_it():
     assert rows["ddp[R=2]"]["parity"] == "BROKEN"  # 2 points of test accuracy
     assert rows["flexgnn"]["speedup_vs_pyg"] == pytest.approx(4.0)
     assert rows["ddp[R=2]"]["speedup_vs_pyg"] == pytest.approx(2.0)  # R CPU ranks against one CPU: same kind
+
+
+def test_a_seed_sweep_compares_each_run_with_the_reference_of_its_own_seeds():
+    """Other initial weights (train.seed) or another graph draw (dataset.seed) give other curves by design: a
+    recipe's 10-seed PyG sweep must not read BROKEN (it did: every run was compared with seed 0's)."""
+    curves = {seed: [loss + 0.1 * seed for loss in LOSSES] for seed in range(3)}
+    records = [record(system, 75_000, 8.0, cap=None, seed=seed, losses=curves[seed], test=0.9 - 0.01 * seed)
+               for seed in range(3) for system in ("pyg", "flexgnn")]
+    records.append(record("flexgnn", 75_000, 2.0, cap=None, graph_seed=1, losses=curves[2]))  # no pyg on draw 1
+    rows = summarize(records)
+    assert [row["parity"] for row in rows if row["system"] == "pyg"] == [None] * 3  # each seed its own reference
+    flex = [row for row in rows if row["system"] == "flexgnn"]
+    assert [row["parity"] for row in flex] == ["ok"] * 3 + [None]
+    assert [row["max_rel_loss_diff"] for row in flex[:3]] == [0.0] * 3
+    assert sum(row["speedup_vs_pyg"] is not None for row in flex) == 4  # timing compares per graph size, as before
+    (drifted,) = [row for row in flex if row["parity"] is None]
+    assert drifted["max_rel_loss_diff"] is None  # another graph: no reference rather than a false BROKEN
 
 
 def test_where_pyg_ran_out_of_memory_parity_falls_back_to_the_next_reference():
