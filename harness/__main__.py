@@ -33,7 +33,7 @@ from harness import cores
 from harness.config import ConfigError, conf_dir
 from harness.record import dumps
 from harness.run import run
-from harness.signals import acknowledge, exit_code, sigterm_as_interrupt
+from harness.signals import Terminated, acknowledge, exit_code, received, sigterm_as_interrupt
 from harness.sweep import SweepCallback
 from harness.systems import SystemUnavailable
 
@@ -80,8 +80,13 @@ def cli() -> None:
     with sigterm_as_interrupt():
         try:
             hydra.main(version_base="1.3", config_path=str(path), config_name="config")(main)()
-        except KeyboardInterrupt as interrupt:  # a job in progress recorded itself as killed; a sweep's parent is left
-            acknowledge()
+        except BaseException as ended:  # SystemExit included: Hydra reports a job's exception and exits 1
+            if not isinstance(ended, KeyboardInterrupt) and not received():
+                raise
+            acknowledge()  # a job in progress recorded itself as killed; a sweep's parent run is left
+            interrupt = ended if isinstance(ended, KeyboardInterrupt) else Terminated("SIGTERM")
+            if interrupt is not ended:  # the SIGTERM reached code that turned it into another exception
+                print(f"SIGTERM arrived, and the run ended with {type(ended).__name__}: {ended}", file=sys.stderr)
             SweepCallback.close_interrupted(interrupt)
             print(f"interrupted by {'SIGTERM' if exit_code(interrupt) == 143 else 'Ctrl-C'}: a job in progress is "
                   "recorded as killed; a sweep continues with the same command and resume=true", file=sys.stderr)

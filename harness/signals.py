@@ -32,6 +32,7 @@ _acknowledged = threading.Event()
 _resending = threading.Event()
 _deferring = threading.Event()
 _pending = threading.Event()
+_received = threading.Event()  # a SIGTERM reached this process inside the block, raised or deferred
 
 
 def acknowledge() -> None:
@@ -49,7 +50,14 @@ def _resend(main_thread_id: int) -> None:
         signal.pthread_kill(main_thread_id, signal.SIGTERM)
 
 
+def received() -> bool:
+    """Whether a SIGTERM arrived inside ``sigterm_as_interrupt()``: the process is being stopped, whatever exception
+    it ends with (code that catches ``Exception`` can turn the interrupt into another one on its way out)."""
+    return _received.is_set()
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _received.set()
     if _acknowledged.is_set():
         return  # cleaning up already
     if _deferring.is_set():
@@ -80,6 +88,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     _acknowledged.clear()
     _resending.clear()
     _pending.clear()
+    _received.clear()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield

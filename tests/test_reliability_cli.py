@@ -95,8 +95,8 @@ def test_a_killed_sweep_resumed_trains_only_the_remaining_jobs(fresh_env, stop):
 
     _wait_for(lambda: first_job_recorded() or first.poll() is not None, what="the first record")
     first.send_signal(stop)
-    first.communicate(timeout=120)
-    assert first.returncode in (143, -signal.SIGKILL)
+    _, first_err = first.communicate(timeout=120)
+    assert first.returncode in (143, -signal.SIGKILL), first_err[-5000:]
     (sweep_dir,) = (runs / "sweeps").iterdir()
     done_before = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/record.json")
                    if json.loads(p.read_text())["status"] == "ok"}

@@ -267,3 +267,30 @@ def test_sigterm_while_a_result_is_recorded_waits_until_it_is_written():
                 time.sleep(0.3)  # the handler has run by now, and raised nothing
                 written.append("record")
     assert written == ["record"]
+
+
+def test_sigterm_turned_into_another_exception_still_ends_the_run_as_interrupted(tmp_path):
+    """Code that catches ``Exception`` around library calls can turn the interrupt into another exception on its way
+    out (Hydra then reports it and exits 1, and a sweep was closed FAILED with its jobs "lost"). A SIGTERM that
+    reached the process ends it as interrupted whatever it ends with: exit 143, the reason on stderr."""
+    script = tmp_path / "converted.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "import harness.__main__ as cli\n"
+        "def run(cfg):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "    except KeyboardInterrupt as interrupt:\n"
+        "        raise RuntimeError('a library wrapped the interrupt') from interrupt\n"
+        "    sys.exit('not interrupted')\n"
+        "cli.run = run\n"
+        "sys.argv = ['harness', '+debug=fast', 'mlflow.enabled=false']\n"
+        "cli.cli()\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "FLEXGNN_RUNS_DIR": str(tmp_path / "runs")}
+    done = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 143, done.stderr[-3000:]  # before: 1
+    assert "SIGTERM arrived, and the run ended with SystemExit" in done.stderr
+    assert "a library wrapped the interrupt" in done.stderr and "interrupted by SIGTERM" in done.stderr
