@@ -43,7 +43,7 @@ OFFLOAD = ("flexgnn_greedy", "all_host", "all_disk")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_graph_model_args(parser, epochs=3)
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(MODELS), help="models to train ('' = none: aggregation only)")
     parser.add_argument("--offload", default=",".join(OFFLOAD), help="policies run under the budget ('' = none)")
     parser.add_argument("--budget-fraction", type=float, default=8.0)
     parser.add_argument("--chunks", default="4,8,16,32,64,128,256", help="P candidates under the budget")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{agg['whole_gathered_fraction_of_reused']:.1%}, after system.reorder=metis "
               f"{agg['metis_gathered_fraction_of_reused']:.1%}", flush=True)
     summary = {}
-    for kind in args.models.split(","):
+    for kind in [k.strip() for k in args.models.split(",") if k.strip()]:  # '' = the aggregation alone
         pyg = common.run_worker(__file__, argv, {"label": "pyg", "model": kind, "system": "pyg"})
         own = common.run_worker(__file__, argv, {"label": "all_device", "model": kind, "system": "flexgnn",
                                                   "options": {"policy": "all_device", "num_chunks": 1}})

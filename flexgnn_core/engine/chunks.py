@@ -30,6 +30,11 @@ class Reordering:
     inverse: Tensor  # [N] old -> new
     method: str
 
+    @property
+    def identity(self) -> bool:
+        """Nothing moves (``none``, a tiny graph, or METIS with one part): the graph's arrays serve as they are."""
+        return self.method == "none" or torch.equal(self.perm, torch.arange(self.perm.numel()))
+
 
 def reorder(rowptr: Tensor, col: Tensor, method: str, num_parts: int, row_bytes: int = 0) -> Reordering:
     """A vertex relabelling that puts vertices with shared neighbourhoods next to each other.
@@ -76,7 +81,11 @@ def locality_parts(num_nodes: int, row_bytes: int) -> int:
 
 
 def relabel_csr(rowptr: Tensor, col: Tensor, order: Reordering) -> tuple[Tensor, Tensor]:
-    """The same cleaned graph with vertex ``old`` renamed ``order.inverse[old]``; columns stay sorted per row."""
+    """The same cleaned graph with vertex ``old`` renamed ``order.inverse[old]``; columns stay sorted per row. The
+    identity returns the arrays themselves: relabelling copies and sorts every edge (~1.1 GB of temporaries at 15M
+    edges, the loading floor of a capped job; results/LOG.md 2026-12-01)."""
+    if order.identity:
+        return rowptr, col
     n = rowptr.numel() - 1
     deg = rowptr[1:] - rowptr[:-1]
     new_deg = deg[order.perm]

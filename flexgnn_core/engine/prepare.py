@@ -93,7 +93,7 @@ def prepare(graph: Graph, spec: ModelSpec, params: Mapping[str, Tensor], num_chu
     attention = model.family == "attention"
     chunks = build_chunks(rowptr, col, values, num_chunks, self_loops=attention)
     perm = order.perm
-    identity = order.method == "none" or graph.num_nodes <= 2
+    identity = order.identity
     x = graph.x if identity else graph.x[perm].contiguous()  # no copy of the features when nothing moves
     y = graph.y if identity else graph.y[perm]
     masks = {split: (m if identity else m[perm]) for split, m in
