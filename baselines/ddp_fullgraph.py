@@ -64,6 +64,7 @@ from flexgnn_core.memory import cap_device_memory
 from flexgnn_core.spec import Graph, ModelSpec, RunResult, TrainSpec, resolve_device
 
 SYSTEM = "ddp"
+NATIVE_KERNELS = True  # its ranks run flexgnn_core.kernels, whose CSR products are flexgnn_core.native
 
 
 # ----------------------------------------------------------------------------------------------- one rank's training

@@ -96,9 +96,6 @@ def allocation_facts(text: str) -> dict[str, int | None]:
     return {"requested_bytes": requested, "in_use_bytes": in_use, "needed_bytes_min": needed}
 
 
-NATIVE_SYSTEMS = ("flexgnn", "ddp")  # the systems whose kernels (flexgnn_core.kernels) run flexgnn_core.native
-
-
 @dataclass
 class CappedRun:
     """One job under ``cap_bytes`` with ``mechanism``; ``facts`` (the record's ``memory_cap``) after ``train``."""
@@ -110,7 +107,9 @@ class CappedRun:
 
     def train(self, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run load + train of the resolved ``config`` in a capped child; (graph stats, result JSON) or raise."""
-        if config.get("system", {}).get("name") in NATIVE_SYSTEMS:
+        from harness.systems import uses_native
+
+        if uses_native(config["system"]["name"]):
             # Compiling the C++ kernel (once per machine, ~45 s, g++ near 1 GB) must not happen under the cap.
             from flexgnn_core import native
 

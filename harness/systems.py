@@ -3,7 +3,8 @@
 Every entry implements ``flexgnn_core.spec.TrainFn``. Imports are lazy so that a machine without DGL (or without
 a GPU stack a system needs) still runs every other system, and says clearly why the missing one is unavailable.
 A system module declares the hardware-group keys it understands in ``HARDWARE_KEYS`` (none when absent); the
-harness passes it those and only those.
+harness passes it those and only those. ``NATIVE_KERNELS = True`` says it runs ``flexgnn_core.native``, which the
+harness builds before a capped job starts (``harness.capped``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Mapping
 from flexgnn_core.spec import SystemUnavailable, TrainFn
 from harness.errors import ConfigError
 
-__all__ = ["SYSTEMS", "SystemUnavailable", "calibrate", "get_train_fn", "hardware_keys", "preflight"]
+__all__ = ["SYSTEMS", "SystemUnavailable", "calibrate", "get_train_fn", "hardware_keys", "preflight", "uses_native"]
 
 SYSTEMS = {
     "pyg": "baselines.pyg_fullgraph:train",
@@ -48,6 +49,11 @@ def get_train_fn(name: str) -> TrainFn:
 def hardware_keys(name: str) -> tuple[str, ...]:
     """The hardware-group keys system ``name`` takes as options (its module's ``HARDWARE_KEYS``)."""
     return tuple(getattr(_module(name)[0], "HARDWARE_KEYS", ()))
+
+
+def uses_native(name: str) -> bool:
+    """Whether system ``name`` runs the C++ kernels of ``flexgnn_core.native`` (its module's ``NATIVE_KERNELS``)."""
+    return bool(getattr(_module(name)[0], "NATIVE_KERNELS", False))
 
 
 def calibrate(name: str, options: Mapping[str, Any], device: Any) -> tuple[dict[str, Any], float]:

@@ -200,3 +200,28 @@ def test_dgl_worker_killed_under_the_cap_is_oom(compose, memcap_mechanism):
                           "mlflow.enabled=false"]))
     assert record["status"] == "oom" and record["memory_cap"]["oom_kills"] >= 1
     assert "DGL worker" in record["memory_cap"]["job_error"]
+
+
+def test_the_systems_that_run_the_native_kernel_say_so(monkeypatch):
+    """The harness builds ``flexgnn_core.native`` before a capped job of a system that declares ``NATIVE_KERNELS``
+    (g++ needs about 1 GB: under a small cap the build itself would be the job's OOM)."""
+    from harness.systems import uses_native
+
+    assert [name for name in ("pyg", "flexgnn", "ddp") if uses_native(name)] == ["flexgnn", "ddp"]
+    asked = []
+    monkeypatch.setattr("flexgnn_core.native.describe", lambda: asked.append(1) or "native")
+
+    class Refused(Exception):
+        pass
+
+    class Mechanism:
+        description = "test"
+
+        def create(self, cap, job_dir):
+            raise Refused  # the group would be made here: the kernel must be ready before it
+
+    for system, built in (("pyg", []), ("ddp", [1])):
+        asked.clear()
+        with pytest.raises(Refused):
+            capped.CappedRun(cap_bytes=2**30, mechanism=Mechanism()).train({"system": {"name": system}})
+        assert asked == built
