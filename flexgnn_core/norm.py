@@ -12,7 +12,6 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-
 BLOCK_EDGES = 1 << 22  # rows are normalised in blocks of about this many edges (see ``row_blocks``)
 
 

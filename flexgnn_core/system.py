@@ -185,5 +185,5 @@ def train(graph: Graph, model: ModelSpec, params: Mapping[str, Tensor], train: T
                    timings_s=timings, extra=extra, evaluation=Evaluation.of(graph))
 
 
-__all__ = ["SYSTEM", "OPTIONS", "HARDWARE_KEYS", "NATIVE_KERNELS", "calibrate_options", "hardware_for", "machine_budgets",
-           "parse_options", "plan_for", "train"]
+__all__ = ["SYSTEM", "OPTIONS", "HARDWARE_KEYS", "NATIVE_KERNELS", "calibrate_options", "hardware_for",
+           "machine_budgets", "parse_options", "plan_for", "train"]
