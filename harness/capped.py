@@ -16,6 +16,16 @@ reads the group's meters and decides:
 - infeasible: the planner found no plan (a result with ``status: infeasible``, as in-process);
 - anything else: ``CappedJobError`` (``CappedUserError`` for bad input) with the child's error and traceback.
 
+The child and every process it starts run with glibc's allocator told to give freed blocks over 4 MiB back at
+once (``CAPPED_MALLOC``: fixed thresholds for mapping a block anew and for trimming the heap; a variable the user
+set wins). glibc's default raises its mapping threshold as large blocks are freed (up to 32 MiB) and then keeps
+freed memory in the heap, which a cap charges like live data. Measured (results/LOG.md 2026-12-02): on the
+600k-node memory-wall job the anonymous peak 901 -> 717 MiB and the median during training 759 -> 639 MiB (the
+engine's own tally 361 MiB plus about 175 MiB of process), epochs 62-64 -> 56 s; 128 KiB thresholds gave 675 / 612
+MiB but slower epochs (page faults on every mid-size temporary: 70-75 s there, and 3.0-3.2 s against 1.9 s
+default and 1.4 s at 4 MiB on the 300k-node 1 GiB job). Every system gets the same setting under a cap, so their
+outcomes and times compare; uncapped jobs keep the default.
+
 The child sees the cap as ``$FLEXGNN_MEMORY_CAP_BYTES`` (for a planner to read) and, on CUDA, the device budget
 as ``$FLEXGNN_DEVICE_CAP_BYTES``, which ``flexgnn_core.memory.cap_device_memory`` makes the allocator's hard limit
 in every process that trains.
@@ -96,6 +106,10 @@ def allocation_facts(text: str) -> dict[str, int | None]:
     return {"requested_bytes": requested, "in_use_bytes": in_use, "needed_bytes_min": needed}
 
 
+# glibc reads these at process start (mallopt(3)): a freed block over 4 MiB goes back to the kernel at once
+CAPPED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4194304", "MALLOC_TRIM_THRESHOLD_": "4194304"}
+
+
 @dataclass
 class CappedRun:
     """One job under ``cap_bytes`` with ``mechanism``; ``facts`` (the record's ``memory_cap``) after ``train``."""
@@ -136,6 +150,7 @@ class CappedRun:
         self.facts = {"cap_bytes": self.cap_bytes, "mechanism": self.mechanism.kind, "peak_bytes": usage.peak_bytes,
                       "oom_kills": usage.oom_kills, "limit_hits": usage.limit_hits,
                       "device_cap_bytes": self.device_cap_bytes, "returncode": returncode,
+                      "allocator": {key: os.environ.get(key, value) for key, value in CAPPED_MALLOC.items()},
                       "wall_s": time.perf_counter() - start}
         return self._decide(returncode, usage, outcome, thrash)
 
@@ -161,7 +176,7 @@ class CappedRun:
                                       "charged_bytes": charged}
 
     def _child_env(self) -> dict[str, str]:
-        env = {**os.environ, CAP_ENV: str(self.cap_bytes)}
+        env = {**CAPPED_MALLOC, **os.environ, CAP_ENV: str(self.cap_bytes)}
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         if self.device_cap_bytes is not None:
             from flexgnn_core.memory import DEVICE_CAP_ENV
