@@ -110,6 +110,11 @@ def allocation_facts(text: str) -> dict[str, int | None]:
 CAPPED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4194304", "MALLOC_TRIM_THRESHOLD_": "4194304"}
 
 
+def allocator_env() -> dict[str, str]:
+    """The allocator settings a capped child runs with: ``CAPPED_MALLOC``, except where the user set a variable."""
+    return {key: os.environ.get(key, value) for key, value in CAPPED_MALLOC.items()}
+
+
 @dataclass
 class CappedRun:
     """One job under ``cap_bytes`` with ``mechanism``; ``facts`` (the record's ``memory_cap``) after ``train``."""
@@ -150,7 +155,7 @@ class CappedRun:
         self.facts = {"cap_bytes": self.cap_bytes, "mechanism": self.mechanism.kind, "peak_bytes": usage.peak_bytes,
                       "oom_kills": usage.oom_kills, "limit_hits": usage.limit_hits,
                       "device_cap_bytes": self.device_cap_bytes, "returncode": returncode,
-                      "allocator": {key: os.environ.get(key, value) for key, value in CAPPED_MALLOC.items()},
+                      "allocator": allocator_env(),
                       "wall_s": time.perf_counter() - start}
         return self._decide(returncode, usage, outcome, thrash)
 
@@ -176,7 +181,7 @@ class CappedRun:
                                       "charged_bytes": charged}
 
     def _child_env(self) -> dict[str, str]:
-        env = {**CAPPED_MALLOC, **os.environ, CAP_ENV: str(self.cap_bytes)}
+        env = {**os.environ, **allocator_env(), CAP_ENV: str(self.cap_bytes)}
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         if self.device_cap_bytes is not None:
             from flexgnn_core.memory import DEVICE_CAP_ENV
