@@ -4,7 +4,10 @@ and the process's own I/O counters.
 ``memory_room()`` is the memory a run may still take: the least of the kernel's ``MemAvailable`` and, when this
 process runs in a memory-limited control group (a container, ``hardware.memory_cap``, a Slurm job), the group's
 limit minus its usage; minus a margin kept free (5% of the bound, at least ``MIN_MARGIN`` = 64 MiB) for what no
-plan accounts (allocator slack, Python objects, thread stacks). ``release_free_heap()`` first hands memory the
+plan accounts (allocator slack, Python objects, thread stacks). Clean file pages are not counted as used: the kernel
+drops them before it kills anything (a memory-mapped graph's pages, page cache charged to the group), so a group's
+usage is read less its reclaimable page cache (``memory.stat``: file less shmem, dirty and writeback pages) and a
+cap is compared with the memory this process holds that cannot be dropped (``held_bytes``: RssAnon + RssShmem). ``release_free_heap()`` first hands memory the
 allocator holds but no longer uses back to the kernel, so the reading is what the run really holds. ``FLEXGNN_MEMORY_ROOM_BYTES`` overrides the reading (tests
 and what-if runs: a machine made to look small). On CUDA ``device_room()`` is the free device memory minus the same
 margin. ``process_io()`` reads ``/proc/self/io``: bytes this process made the storage devices read and write.
@@ -42,8 +45,27 @@ def _read_int(path: Path) -> int | None:
     return None if text in ("max", "") else int(text)
 
 
+def _stat(path: Path) -> dict[str, int]:
+    try:
+        return {key: int(value) for key, value in (line.split() for line in path.read_text().splitlines())}
+    except (OSError, ValueError):
+        return {}
+
+
+def reclaimable_cache(stat: dict[str, int], v1: bool = False) -> int:
+    """Page cache a memory group may drop instead of failing (clean, not tmpfs): from its ``memory.stat``."""
+    if v1:
+        cache, shmem = stat.get("total_cache", stat.get("cache", 0)), stat.get("total_shmem", stat.get("shmem", 0))
+        busy = stat.get("total_dirty", stat.get("dirty", 0)) + stat.get("total_writeback", stat.get("writeback", 0))
+    else:
+        cache, shmem = stat.get("file", 0), stat.get("shmem", 0)
+        busy = stat.get("file_dirty", 0) + stat.get("file_writeback", 0)
+    return max(0, cache - shmem - busy)
+
+
 def cgroup_room(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The memory control group's limit minus its usage for this process (v2, then v1), or None if unlimited."""
+    """The memory control group's limit minus its usage for this process (v2, then v1), or None if unlimited; its
+    reclaimable page cache (``reclaimable_cache``) is not counted as usage."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
@@ -57,6 +79,7 @@ def cgroup_room(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path
             while True:
                 limit, usage = _read_int(node / "memory.max"), _read_int(node / "memory.current")
                 if limit is not None and usage is not None:
+                    usage -= reclaimable_cache(_stat(node / "memory.stat"))
                     best = min(best, limit - usage) if best is not None else limit - usage
                 if node in (root, root / "unified") or node == node.parent:
                     break
@@ -67,6 +90,7 @@ def cgroup_room(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path
                 limit = _read_int(node / "memory.limit_in_bytes")
                 usage = _read_int(node / "memory.usage_in_bytes")
                 if limit is not None and usage is not None and limit < 2**60:  # v1 says "unlimited" as ~2^63
+                    usage -= reclaimable_cache(_stat(node / "memory.stat"), v1=True)
                     best = min(best, limit - usage) if best is not None else limit - usage
                 if node == root / "memory" or node == node.parent:
                     break
@@ -83,6 +107,24 @@ def release_free_heap() -> bool:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
         return False
+
+
+def held_bytes(status: Path = Path("/proc/self/status")) -> int:
+    """Resident memory of this process that the kernel cannot drop: ``RssAnon`` + ``RssShmem`` (mapped file pages,
+    e.g. a memory-mapped graph, are left out: they are read again on demand). Where /proc lacks them, the RSS."""
+    fields = {}
+    try:
+        for line in status.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssShmem"):
+                fields[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        fields = {}
+    if len(fields) == 2:
+        return fields["RssAnon"] + fields["RssShmem"]
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
@@ -103,10 +145,8 @@ def memory_room(cap_bytes: int | None = None) -> Room:
         return Room(value, 0, f"${ROOM_ENV}")
     candidates = {"MemAvailable": mem_available(), "memory cgroup": cgroup_room()}
     if cap_bytes is not None:
-        import psutil
-
         release_free_heap()
-        candidates["hardware.memory_cap"] = cap_bytes - psutil.Process().memory_info().rss
+        candidates["hardware.memory_cap"] = cap_bytes - held_bytes()
     known = {name: value for name, value in candidates.items() if value is not None}
     if not known:
         import psutil

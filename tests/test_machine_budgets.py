@@ -58,6 +58,40 @@ def test_cgroup_v2_max_and_current(tmp_path):
     assert machine.cgroup_room(proc, root) is None  # the root has no limit files: unlimited
 
 
+def test_a_groups_clean_page_cache_is_not_counted_as_used(tmp_path):
+    """Mapped graph pages and other clean page cache are dropped by the kernel before it kills the job: v2 counts
+    file pages less tmpfs (shmem), dirty and writeback ones as reclaimable; v1 its total_cache less the same."""
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/job\n")
+    root = tmp_path / "sys"
+    _write(root / "cgroup.controllers", "memory")
+    _write(root / "job" / "memory.max", "5000")
+    _write(root / "job" / "memory.current", "4000")
+    _write(root / "job" / "memory.stat", "anon 1000\nfile 2900\nshmem 300\nfile_dirty 100\nfile_writeback 50\n")
+    assert machine.cgroup_room(proc, root) == 5000 - (4000 - (2900 - 300 - 100 - 50))
+    proc.write_text("4:memory:/job\n")
+    _write(root / "memory" / "job" / "memory.limit_in_bytes", "5000")
+    _write(root / "memory" / "job" / "memory.usage_in_bytes", "4000")
+    _write(root / "memory" / "job" / "memory.stat", "cache 10\ntotal_cache 2000\ntotal_shmem 0\ntotal_dirty 500\n"
+           "total_writeback 0\n")
+    assert machine.cgroup_room(proc, root) == 5000 - (4000 - 1500)
+    _write(root / "memory" / "job" / "memory.stat", "")  # unreadable statistics: usage as read
+    assert machine.cgroup_room(proc, root) == 1000
+
+
+def test_a_cap_is_compared_with_what_the_process_cannot_drop(tmp_path, monkeypatch):
+    status = tmp_path / "status"
+    status.write_text("VmRSS:\t 900 kB\nRssAnon:\t 500 kB\nRssFile:\t 350 kB\nRssShmem:\t 50 kB\n")
+    assert machine.held_bytes(status) == 550 * 1024
+    status.write_text("VmRSS:\t 900 kB\n")  # no split (old kernels): the whole RSS
+    assert machine.held_bytes(status) > 0
+    monkeypatch.delenv(machine.ROOM_ENV, raising=False)
+    monkeypatch.setattr(machine, "held_bytes", lambda: 300 * 2**20)
+    monkeypatch.setattr(machine, "cgroup_room", lambda: None)
+    room = machine.memory_room(cap_bytes=2**30)
+    assert room.source == "hardware.memory_cap" and room.bytes == 2**30 - 300 * 2**20 - machine.MIN_MARGIN
+
+
 def test_memory_room_takes_the_least_reading_and_keeps_a_margin(monkeypatch):
     monkeypatch.delenv(machine.ROOM_ENV, raising=False)
     monkeypatch.setattr(machine, "mem_available", lambda: 10 * 2**30)
