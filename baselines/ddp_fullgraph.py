@@ -55,7 +55,8 @@ from torch import Tensor
 from baselines.ddp_halo import (PARTITIONS, CommCounters, DropKey, LocalGraph, Shard, aggregation_csr, build_shard,
                                 forward, partition_vertices)
 from baselines.ddp_options import HARDWARE_KEYS, DDPOptions, backend_for, rank_device  # noqa: F401 (registry reads it)
-from baselines.ddp_supervise import DistributedJobError, stop, supervise, watch_parent  # noqa: F401 (raised here)
+from baselines.ddp_supervise import (DistributedJobError, end_process, stop, supervise,  # noqa: F401 (raised here)
+                                     under_torchrun, watch_parent)
 from baselines.ddp_torchrun import run_ranks
 from flexgnn_core import models, native, workdirs
 from flexgnn_core.evaluate import Evaluation, predictions
@@ -368,14 +369,13 @@ def main(argv: list[str] | None = None) -> None:
 
         return ddp_fullgraph._spawned_rank(int(os.environ["RANK"]), args.job_dir, args.launcher_pid,
                                            args.launched_at, torchrun=True)
-    under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0))
     graph = _load_graph(args)
     model = ModelSpec(kind=args.model, num_layers=args.layers, hidden=args.hidden, heads=args.heads, lr=args.lr)
     train_spec = TrainSpec(epochs=args.epochs, warmup_epochs=args.warmup, seed=args.seed, device=args.device,
                            progress=rank == 0)
     options = {"world_size": args.world_size, "partition": args.partition, "timeout_s": args.timeout_s,
-               "launch": "env" if under_torchrun else "spawn"}
+               "launch": "env" if under_torchrun() else "spawn"}
     if rank == 0:
         print(f"plan: {graph.stats()} model={model} ranks={os.environ.get('WORLD_SIZE', args.world_size)} "
               f"launch={options['launch']} partition={args.partition}", flush=True)
@@ -394,3 +394,5 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    if under_torchrun():
+        end_process(0)  # not through interpreter finalization: see end_process

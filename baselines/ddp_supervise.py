@@ -1,14 +1,17 @@
 """Supervision of the ranks the DDP baseline starts itself: a failing, crashing or hanging rank ends the whole job
-with the root cause's traceback, and no rank outlives its launcher."""
+with the root cause's traceback, and no rank outlives its launcher; and how a torchrun rank ends (``end_process``)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import multiprocessing.connection
 import os
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from baselines.ddp_options import DDPOptions
 
@@ -19,6 +22,29 @@ class DistributedJobError(RuntimeError):
     def __init__(self, message: str, rank_pids: list[int]):
         super().__init__(message)
         self.rank_pids = rank_pids
+
+
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def end_process(code: int = 0) -> NoReturn:
+    """End a process that was a rank of a gloo group the way multiprocessing ends the ranks ``train`` starts: other
+    threads joined, atexit handlers run, stdio flushed, then ``os._exit`` with no interpreter finalization.
+
+    Why: gloo's worker thread releases a finished collective's tensors only after the rank that waited on it has
+    moved on. When that release, which takes the GIL to drop the tensors' Python objects, meets interpreter
+    finalization, the thread is unwound inside a noexcept destructor and the process aborts (SIGABRT, "terminate
+    called without an active exception"; core dump: ``ProcessGroupGloo::runLoop`` -> ``~AsyncAllgatherWork`` ->
+    ``decref_pyobject`` -> ``take_gil`` -> ``pthread_exit``). ``destroy_process_group`` does not wait for it. Seen
+    in 2 of 64 torchrun runs of ``baselines.ddp_fullgraph`` on this machine under load, and once in CI."""
+    for thread in threading.enumerate():  # what the interpreter's own shutdown waits for
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def watch_parent(launcher_pid: int) -> None:

@@ -29,6 +29,7 @@ from typing import Iterator
 import hydra
 from omegaconf import DictConfig
 
+from baselines.ddp_supervise import end_process, under_torchrun
 from harness import cores
 from harness.config import ConfigError, conf_dir
 from harness.record import dumps
@@ -93,6 +94,8 @@ def cli() -> None:
             sys.exit(exit_code(interrupt))
         finally:  # a failed job ends Hydra's multirun before on_multirun_end: the sweep ends from its records here
             SweepCallback.finish_running()
+    if under_torchrun():  # a rank of a gloo group: not through interpreter finalization (see end_process)
+        end_process(0)
 
 
 if __name__ == "__main__":

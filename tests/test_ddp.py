@@ -228,3 +228,30 @@ def test_busy_master_port_is_a_clear_error():
         port = busy.getsockname()[1]
         with pytest.raises(ValueError, match=rf"system\.master_port={port}.*master_port=null"):
             _run("gcn", 2, master_port=port)
+
+
+def test_a_torchrun_rank_ends_after_its_threads_and_exit_handlers_without_finalization(tmp_path):
+    """``end_process``: the end of a torchrun rank (gloo's worker may still be releasing the last collective's
+    tensors, which aborts the process during interpreter finalization). What the interpreter's own exit does first
+    still happens: non-daemon threads finish, atexit handlers run, buffered output is written; the code is kept."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "atexit.txt"
+    script = f"""
+import atexit, threading, time, sys
+from baselines.ddp_supervise import end_process
+atexit.register(lambda: open({str(marker)!r}, "a").write("atexit ran\\n"))
+threading.Thread(target=lambda: (time.sleep(0.3), open({str(marker)!r}, "a").write("thread done\\n"))).start()
+class Finalized:
+    def __del__(self):
+        print("finalized")  # a module global goes at interpreter finalization only, never at os._exit
+keep = Finalized()
+sys.stdout.write("buffered, no newline")
+end_process(3)
+print("not reached")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "buffered, no newline", done.stdout
+    assert marker.read_text() == "thread done\natexit ran\n"
