@@ -3,14 +3,17 @@ and the process's own I/O counters.
 
 ``memory_room()`` is the memory a run may still take: the least of the kernel's ``MemAvailable`` and, when this
 process runs in a memory-limited control group (a container, ``hardware.memory_cap``, a Slurm job), the group's
-limit minus its usage; minus a margin kept free (5% of the bound, at least ``MIN_MARGIN`` = 64 MiB) for what no
-plan accounts (allocator slack, Python objects, thread stacks). Clean file pages are not counted as used: the kernel
-drops them before it kills anything (a memory-mapped graph's pages, page cache charged to the group), so a group's
-usage is read less its reclaimable page cache (``memory.stat``: file less shmem, dirty and writeback pages) and a
-cap is compared with the memory this process holds that cannot be dropped (``held_bytes``: RssAnon + RssShmem). ``release_free_heap()`` first hands memory the
-allocator holds but no longer uses back to the kernel, so the reading is what the run really holds. ``FLEXGNN_MEMORY_ROOM_BYTES`` overrides the reading (tests
-and what-if runs: a machine made to look small). On CUDA ``device_room()`` is the free device memory minus the same
-margin. ``process_io()`` reads ``/proc/self/io``: bytes this process made the storage devices read and write.
+limit minus its usage; minus a margin kept free (5% of the bound, at least ``MIN_MARGIN`` = 256 MiB) for what no
+plan accounts (allocator slack, autograd's temporaries, the evaluation pass, Python objects, thread stacks: measured
+in capped CPU runs at 100-260 MiB of anonymous memory above the engine's tally, results/LOG.md 2026-12-02). Clean
+file pages are not counted as used: the kernel drops them before it kills anything (a memory-mapped graph's pages,
+page cache charged to the group), so a group's usage is read less its reclaimable page cache (``memory.stat``: file
+less shmem, dirty and writeback pages) and a cap is compared with the memory this process holds that cannot be
+dropped (``held_bytes``: RssAnon + RssShmem). ``release_free_heap()`` first hands memory the allocator holds but no
+longer uses back to the kernel, so the reading is what the run really holds. ``FLEXGNN_MEMORY_ROOM_BYTES`` overrides
+the reading (tests and what-if runs: a machine made to look small). On CUDA ``device_room()`` is the free device
+memory minus the same margin. ``process_io()`` reads ``/proc/self/io``: bytes this process made the storage devices
+read and write.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 
 ROOM_ENV = "FLEXGNN_MEMORY_ROOM_BYTES"
-MIN_MARGIN = 64 * 2**20
+MIN_MARGIN = 256 * 2**20
 
 
 @dataclass(frozen=True)
