@@ -16,8 +16,8 @@ def test_profile_counts_training_epochs_only_and_names_what_ran(model):
     args = profile_epoch.parse_args(argv)
     got = profile_epoch.profile(args)
     text = profile_epoch.render(args, argv, got)
-    assert "3 epochs profiled" in text  # 3 training epochs; the evaluation forward is not one
-    assert re.search(r"Tree: `.+` at commit `\w+", text)
+    assert "3 epochs profiled" in text, text  # 3 training epochs; the evaluation forward is not one
+    assert re.search(r"Tree: `.+` at commit `\w+", text), text
     phases = dict(re.findall(r"^\| (\w+) \| ([\d.]+) \|$", text, flags=re.M))
     nested = "_forward_attention" if model == "gat" else "_forward_linear"  # a phase inside the forward
     assert {"forward", "backward", nested} <= set(phases), text  # named, not compared: times are not asserted
@@ -30,4 +30,4 @@ def test_profile_counts_training_epochs_only_and_names_what_ran(model):
         assert calls == (12 if model == "gat" else 7), text  # with evaluation counted GAT would show 14
     from flexgnn_core.engine.executor import Engine
 
-    assert Engine.forward.__name__ == "forward"  # the wrappers are gone again
+    assert Engine.forward.__name__ == "forward", Engine.forward  # the wrappers are gone again
