@@ -237,3 +237,31 @@ def test_calibration_is_cached_per_machine_and_forced_again(tmp_path, monkeypatc
     assert calibrate.load_or_measure("cpu", scale=0.25).matmul_flop_per_s == 123.0 and not calls
     assert calibrate.load_or_measure("cpu", force=True, scale=0.25).matmul_flop_per_s == 456.0 and calls == [0.25]
     assert json.loads(path.read_text())["hardware"]["matmul_flop_per_s"] == 456.0  # and caches what it measured
+
+
+def test_disk_rates_are_measured_on_the_device_not_the_page_cache(tmp_path, monkeypatch):
+    """``micro.disk`` moves its bytes through the disk tier's own I/O: the storage layer (``/proc/self/io``) sees the
+    write and all three reads. Reading the file back through the page cache (as before) read nothing from the
+    device, and the cost model got page-cache rates (2-3x the tier's). Skipped where the temporary file system
+    refuses ``O_DIRECT`` (tmpfs), since there the tier's reads are memory copies too."""
+    import tempfile
+
+    from flexgnn_core import machine
+    from flexgnn_core.calibrate import micro
+    from flexgnn_core.engine.diskfile import RowFile, Staging
+
+    probe_path = tmp_path / "mode.bin"
+    probe_path.write_bytes(b"\0" * 8192)
+    mode_probe = RowFile(probe_path, 2, 1024, Staging(2**16))
+    mode = mode_probe.mode
+    mode_probe.close()
+    before = machine.process_io()
+    if before is None or mode != "direct":
+        pytest.skip(f"no /proc/self/io or no O_DIRECT here (mode {mode})")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    nbytes = 4 * 2**20
+    read_rate, write_rate = micro.disk(nbytes)
+    after = machine.process_io()
+    assert read_rate > 0 and write_rate > 0
+    assert after["read_bytes"] - before["read_bytes"] >= 3 * nbytes
+    assert after["write_bytes"] - before["write_bytes"] >= nbytes

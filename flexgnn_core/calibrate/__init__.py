@@ -8,8 +8,8 @@
 - elementwise memory bandwidth (ReLU: one read and one write);
 - links: host -> device is a gather of random rows into a device tensor (what a halo fetch does), device -> host
   a contiguous copy into host memory (pinned on CUDA); on CPU both are copies between two CPU buffers;
-- disk: writing a temporary file with fsync, then reading it back (through the page cache, as the engine's
-  memory-mapped disk tier does);
+- disk: writing a temporary file with fsync, then reading it back, with the disk tier's own I/O (``O_DIRECT`` where
+  the file system takes it: the device's rate, not the page cache's);
 - per chunk step overhead: the time of one tiny chunk step (a small sparse product, a gather and a matmul);
 - halo gathers: a gather of random rows and a scatter-add back on the device (chunks do both with halo rows);
 - GAT's edge softmax per edge and head (what recomputing attention costs);
@@ -58,8 +58,8 @@ __all__ = ["CACHE_ENV", "SCHEMA", "DISKS", "GPUS", "LINKS", "PROFILES", "cache_p
 
 CACHE_ENV = "FLEXGNN_CACHE_DIR"
 MEASURE_LOCK_TIMEOUT_S = 900.0  # a measurement takes seconds; a holder this slow is hung
-# 7: dropout masks; 6: per-transfer latency; 5: engine step overhead, GAT softmax; 4: halo gathers; 3: link bytes
-SCHEMA = 7
+# 8: disk rates through the tier's own I/O (7 read the page cache); 7: dropout masks; 6: per-transfer latency; 5: engine step overhead, GAT softmax; 4: halo gathers; 3: link bytes
+SCHEMA = 8
 
 
 def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = True,
@@ -73,7 +73,7 @@ def measure(device: str | torch.device = "cpu", scale: float = 1, probe: bool = 
         notes["overlap"] = {"value": overlap, "method": how}
     rows = int(20_000 * scale)
     h2d, d2h = micro.links(device, int(2_000_000 * scale))
-    disk_read, disk_write = micro.disk(int(16 * 2**20 * scale))
+    disk_read, disk_write = micro.disk(int(32 * 2**20 * scale))
     hw = Hardware(name=f"measured-{fingerprint(device)['device']}",
                   agg_edge_width_per_s=micro.aggregation(device, rows), matmul_flop_per_s=micro.matmul(device, rows),
                   memory_bytes_per_s=micro.memory(device, int(4_000_000 * scale)),

@@ -124,21 +124,35 @@ def links(device: torch.device, numel: int) -> tuple[float, float]:
 
 
 def disk(nbytes: int) -> tuple[float, float]:
-    data = os.urandom(nbytes)
-    with tempfile.TemporaryDirectory(prefix="flexgnn-calibrate-") as folder:
-        path = Path(folder) / "probe.bin"
-        start = time.perf_counter()
-        with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        write_s = time.perf_counter() - start
-        reads = []
-        for _ in range(3):
+    """Read and write rates of the disk tier's own I/O (``engine.diskfile.RowFile``: ``O_DIRECT`` where the file
+    system takes it, else buffered with each written range dropped from the page cache; through the engine's
+    largest staging buffer): a file of ``nbytes`` written in full, synced, then read back in full (median of 3).
+    Reading it with ``read_bytes`` as before measured the page cache, 1.3-2.7 GB/s here, where the tier's reads
+    got 0.45-0.9 GB/s (results/LOG.md 2026-12-02, stop 28). The file goes in the system's temporary directory."""
+    from flexgnn_core import workdirs
+    from flexgnn_core.engine.diskfile import RowFile, Staging
+    from flexgnn_core.plan.blocks import aligned
+
+    width = 1024  # 4 KiB rows: every transfer is whole blocks
+    rows = max(1, nbytes // (4 * width))
+    data = torch.rand(rows, width)
+    with tempfile.TemporaryDirectory(prefix="flexgnn-calibrate-") as where:
+        path = Path(where) / "probe.bin"
+        workdirs.reserve(path, aligned(rows * width * 4))
+        probe = RowFile(path, rows, width, Staging())
+        try:
             start = time.perf_counter()
-            path.read_bytes()
-            reads.append(time.perf_counter() - start)
-    return nbytes / statistics.median(reads), nbytes / write_s
+            probe.write_range(0, data)
+            os.fsync(probe.fd)
+            write_s = time.perf_counter() - start
+            reads = []
+            for _ in range(3):
+                start = time.perf_counter()
+                probe.read_range(0, rows)
+                reads.append(time.perf_counter() - start)
+        finally:
+            probe.close()
+    return rows * width * 4 / statistics.median(reads), rows * width * 4 / write_s
 
 
 def step_overhead(device: torch.device) -> float:
