@@ -91,11 +91,14 @@ def profile(args) -> dict:
     graph, model, params, train = common.setup_run(args, args.model, device="cpu")
     if native is not None:
         native.load()  # a first build is not part of any epoch
+    # The machine's rates before the engine is wrapped: a calibration not cached yet trains small engine runs
+    # (calibrate.probe), whose epochs would be counted and profiled as this run's.
+    options = system.calibrate_options({}, "cpu") if hasattr(system, "calibrate_options") else {}
     try:
         for name in PHASES:
             _wrap(Engine, name, calls)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            result = system.train(graph, model, params, train, {})
+            result = system.train(graph, model, params, train, options)
     finally:
         for name, method in originals.items():  # the engine as it was, for whatever runs next in this process
             setattr(Engine, name, method)
