@@ -58,7 +58,8 @@ __all__ = ["CACHE_ENV", "SCHEMA", "DISKS", "GPUS", "LINKS", "PROFILES", "cache_p
 
 CACHE_ENV = "FLEXGNN_CACHE_DIR"
 MEASURE_LOCK_TIMEOUT_S = 900.0  # a measurement takes seconds; a holder this slow is hung
-# 8: disk rates through the tier's own I/O (7 read the page cache); 7: dropout masks; 6: per-transfer latency; 5: engine step overhead, GAT softmax; 4: halo gathers; 3: link bytes
+# 8: disk rates through the tier's own I/O (7 read the page cache); 7: dropout masks; 6: per-transfer latency;
+# 5: engine step overhead, GAT softmax; 4: halo gathers; 3: link bytes
 SCHEMA = 8
 
 
