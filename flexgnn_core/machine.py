@@ -112,17 +112,24 @@ def release_free_heap() -> bool:
         return False
 
 
-def held_bytes(status: Path = Path("/proc/self/status")) -> int:
-    """Resident memory of this process that the kernel cannot drop: ``RssAnon`` + ``RssShmem`` (mapped file pages,
-    e.g. a memory-mapped graph, are left out: they are read again on demand). Where /proc lacks them, the RSS."""
+def status_bytes(keys: tuple[str, ...], status: Path = Path("/proc/self/status")) -> dict[str, int]:
+    """The fields ``keys`` of ``/proc/self/status`` (given there in kB) in bytes; those it lacks are left out, and
+    where it cannot be read the result is empty."""
     fields = {}
     try:
         for line in status.read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("RssAnon", "RssShmem"):
+            if key in keys:
                 fields[key] = int(value.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
-        fields = {}
+        return {}
+    return fields
+
+
+def held_bytes(status: Path = Path("/proc/self/status")) -> int:
+    """Resident memory of this process that the kernel cannot drop: ``RssAnon`` + ``RssShmem`` (mapped file pages,
+    e.g. a memory-mapped graph, are left out: they are read again on demand). Where /proc lacks them, the RSS."""
+    fields = status_bytes(("RssAnon", "RssShmem"), status)
     if len(fields) == 2:
         return fields["RssAnon"] + fields["RssShmem"]
     import psutil

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flexgnn_core import machine
+
 DEVICE_CAP_ENV = "FLEXGNN_DEVICE_CAP_BYTES"
 
 
@@ -31,13 +33,9 @@ def _reset_host_peak() -> bool:
 
 
 def host_peak_bytes() -> int:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = machine.status_bytes(("VmHWM",)).get("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

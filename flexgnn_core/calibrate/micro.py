@@ -135,10 +135,11 @@ def disk(nbytes: int) -> tuple[float, float]:
 
     width = 1024  # 4 KiB rows: every transfer is whole blocks
     rows = max(1, nbytes // (4 * width))
+    size = rows * width * 4
     data = torch.rand(rows, width)
     with tempfile.TemporaryDirectory(prefix="flexgnn-calibrate-") as where:
         path = Path(where) / "probe.bin"
-        workdirs.reserve(path, aligned(rows * width * 4))
+        workdirs.reserve(path, aligned(size))
         probe = RowFile(path, rows, width, Staging())
         try:
             start = time.perf_counter()
@@ -152,7 +153,7 @@ def disk(nbytes: int) -> tuple[float, float]:
                 reads.append(time.perf_counter() - start)
         finally:
             probe.close()
-    return rows * width * 4 / statistics.median(reads), rows * width * 4 / write_s
+    return size / statistics.median(reads), size / write_s
 
 
 def step_overhead(device: torch.device) -> float:
