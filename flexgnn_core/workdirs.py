@@ -122,8 +122,10 @@ def reap_multiprocessing_leftovers(parent: str | Path | None = None) -> list[Pat
     return removed
 
 
-def reserve(path: str | Path, nbytes: int, setting: str = "hardware.disk_dir") -> None:
-    """Create ``path`` with ``nbytes`` allocated on disk, or raise ``DiskFull`` naming ``setting`` and the bytes."""
+def reserve(path: str | Path, nbytes: int, setting: str = "hardware.disk_dir", label: str | None = None,
+            need: int | None = None) -> None:
+    """Create ``path`` with ``nbytes`` allocated on disk, or raise ``DiskFull`` naming ``setting`` and the bytes
+    (``need`` bytes for ``label`` when the file is one of several that together hold one thing)."""
     path = Path(path)
     with open(path, "wb") as handle:
         try:
@@ -136,9 +138,10 @@ def reserve(path: str | Path, nbytes: int, setting: str = "hardware.disk_dir") -
                 raise
             path.unlink(missing_ok=True)
             free = shutil.disk_usage(path.parent).free
-            full = DiskFull(f"{setting}: cannot reserve {nbytes} bytes for {path.name} in {path.parent} "
+            need = nbytes if need is None else need
+            full = DiskFull(f"{setting}: cannot reserve {need} bytes for {label or path.name} in {path.parent} "
                             f"({os.strerror(error.errno)}; {free} bytes free). Fix: point {setting} at a file system "
-                            f"with at least {nbytes} more bytes free, or give the plan more device or host budget "
+                            f"with at least {need} more bytes free, or give the plan more device or host budget "
                             "so less goes to disk")
             full.errno = error.errno
             raise full from None

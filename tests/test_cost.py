@@ -197,8 +197,8 @@ def test_item_link_bytes_sum_to_simulate(kind, layers, seed, order):
     for item in intermediates(problem, orders):
         for link, nbytes in cost.item_link_bytes(problem, item.name, placement[item.name]).items():
             total[link] += nbytes
-    for (a, allowed_a), (b, allowed_b), links in cost.pair_link_bytes(problem):  # the MILP's product variables
-        if placement.get(a) in allowed_a and placement.get(b) in allowed_b:
+    for when, links in cost.joint_link_bytes(problem):  # the MILP's product variables
+        if all(placement.get(name) in allowed for name, allowed in when):
             for link, nbytes in links.items():
                 total[link] += nbytes
     simulated = simulate(plan, problem)

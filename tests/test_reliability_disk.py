@@ -20,6 +20,7 @@ import torch
 
 from flexgnn_core import workdirs
 from flexgnn_core.engine.tiers import TierStore
+from flexgnn_core.plan.blocks import aligned
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +92,10 @@ def test_a_disk_tier_larger_than_the_file_system_is_an_error_not_sigbus(small_tm
         """)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, f"exit {done.returncode}: {done.stderr[-2000:]}"
-    assert "DiskFull" in done.stderr and "hardware.disk_dir: cannot reserve 4001792 bytes" in done.stderr  # whole blocks
+    # whole blocks of 16 column block files (15 of 64 floats per row, one of 40), each file's own blocks
+    need = 15 * aligned(1000 * 64 * 4) + aligned(1000 * 40 * 4)
+    assert "DiskFull" in done.stderr and f"hardware.disk_dir: cannot reserve {need} bytes for h0 (16 column block" \
+        in done.stderr
     assert list(small_tmpfs.iterdir()) == []
 
 

@@ -105,14 +105,16 @@ class RowFile:
         return self.staging.floats[offset: offset + count * self.width].reshape(count, self.width)
 
     # ---- the buffer's operations ---------------------------------------------------------------------------
-    def read_range(self, start: int, stop: int) -> Tensor:
-        out = torch.empty(stop - start, self.width)
-        target = out.numpy()
+    def read_range(self, start: int, stop: int, out: np.ndarray | None = None) -> Tensor | None:
+        """Rows ``[start, stop)``: a new tensor, or into ``out`` (a ``[stop - start, width]`` array, e.g. a column
+        block of a wider one; then None)."""
+        result = None if out is not None else torch.empty(stop - start, self.width)
+        target = out if out is not None else result.numpy()
         with self.lock:
             for lo, hi, a0, a1 in zip(*(v.tolist() for v in range_spans(start, stop, self.row_bytes, self.window))):
                 self._read(a0, a1)
                 target[lo - start: hi - start] = self._rows(a0, lo, hi - lo)
-        return out
+        return result
 
     @staticmethod
     def _sorted(index: Tensor) -> tuple[np.ndarray, np.ndarray | None]:
@@ -123,18 +125,20 @@ class RowFile:
         order = np.argsort(rows, kind="stable")
         return rows[order], order
 
-    def read_index(self, index: Tensor) -> Tensor:
+    def read_index(self, index: Tensor, out: np.ndarray | None = None) -> Tensor | None:
+        """Rows ``index`` in its order: a new tensor, or into ``out`` (``[len(index), width]``; then None)."""
         rows, order = self._sorted(index)
-        out = torch.empty(rows.size, self.width)
-        target = out.numpy() if order is None else np.empty((rows.size, self.width), dtype=np.float32)
+        result = None if out is not None else torch.empty(rows.size, self.width)
+        final = out if out is not None else result.numpy()
+        target = final if order is None else np.empty((rows.size, self.width), dtype=np.float32)
         with self.lock:
             for first, last, a0, a1 in zip(*(v.tolist() for v in spans(rows, self.row_bytes, self.window))):
                 self._read(a0, a1)
                 ids = rows[first: last + 1]
                 target[first: last + 1] = self._rows(a0, ids[0], ids[-1] - ids[0] + 1)[ids - ids[0]]
         if order is not None:
-            out.numpy()[order] = target
-        return out
+            final[order] = target
+        return result
 
     def write_range(self, start: int, rows: Tensor, add: bool = False) -> None:
         """Rows ``[start, start + len(rows))`` = ``rows`` (or ``+= rows``)."""

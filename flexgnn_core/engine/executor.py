@@ -24,6 +24,7 @@ from flexgnn_core.engine.dropping import Dropping
 from flexgnn_core.engine.prepare import Prepared
 from flexgnn_core.engine.tiers import TierStore
 from flexgnn_core.plan import Plan, transform_width
+from flexgnn_core.plan.simulate import column_passes
 
 
 class Engine:
@@ -53,6 +54,8 @@ class Engine:
         self.layer = [models.layer_view(self.params, layer) for layer in range(self.num_layers)]
         self.grads = {name: torch.zeros_like(value) for name, value in self.params.items()}
         self.drop = Dropping(self.spec, prepared.order.perm, seed, self.problem.attention, device)
+        placement = dict(plan.placement)
+        self.columns = [column_passes(self.problem, placement, layer) for layer in range(self.num_layers)]
 
     # ---- storage -------------------------------------------------------------------------------------------
     def allocate(self) -> None:
@@ -173,12 +176,12 @@ class Engine:
         for chunk, got in self._passes(lambda c: {"h": self._rows(f"h{layer}", c)}):
             self.buffers[f"t{layer}"].write(slice(chunk.start, chunk.stop), got["h"] @ weight.t())
 
-    def _linear_inputs(self, layer: int, order: str, chunk: Chunk) -> dict:
+    def _linear_inputs(self, layer: int, order: str, chunk: Chunk, by_columns: bool = False) -> dict:
         """Fetch what one linear-family chunk step reads (runs in the prefetch thread)."""
         out = {}
         reuse = self.agg0_ready and not self.problem.input_dropout  # dropped features change every epoch
-        if order == "aggregate_first" and layer == 0 and self.stored("agg0") and reuse:
-            out["agg"] = self._rows("agg0", chunk)
+        if by_columns or (order == "aggregate_first" and layer == 0 and self.stored("agg0") and reuse):
+            out["agg"] = self._rows(f"agg{layer}", chunk)
         elif order == "aggregate_first":
             out["h_src"], out["whole"] = self._halo(f"h{layer}", chunk)
         elif not self.stored(f"t{layer}"):  # t recomputed: transform only the halo rows
@@ -189,11 +192,31 @@ class Engine:
             out["h_self"] = self._rows(f"h{layer}", chunk)
         return out
 
+    def _column_pass(self, source: str, target: str, step, add: bool = False) -> None:
+        """For each column block: read it from ``source`` for every row (one sweep; the next block is fetched
+        while this one is worked on), build the same block of ``target`` for every row, starting from zeros, with
+        ``step(chunk, chunk_dev, block, out)`` per chunk, and write it (``add``: add it) to ``target``."""
+        fetch = lambda j: {"block": self.buffers[source].read_columns(j)}  # noqa: E731
+        for j, got in self.store.prefetched(range(len(self.buffers[source].columns)), fetch, self.prefetch):
+            out = torch.zeros((self.num_nodes, got["block"].shape[1]), device=self.device)
+            tracked = self.store.track(out)
+            for chunk in self.chunks:
+                step(chunk, self._chunk(chunk), got["block"], out)
+            self.buffers[target].write_columns(j, out, add=add)
+            self.store.untrack(tracked)
+
     def _forward_linear(self, layer: int, order: str) -> None:
         transformed = order == "transform_first"
         last = layer == self.num_layers - 1
-        for chunk, got in self._passes(lambda c: self._linear_inputs(layer, order, c)):
-            chunk_dev = self._chunk(chunk)
+        by_columns = self.columns[layer][0]
+        if by_columns:  # h on disk: aggregate by column blocks into agg, then the chunk steps read agg's rows
+
+            def aggregate(chunk: Chunk, chunk_dev: Chunk, block: Tensor, out: Tensor) -> None:
+                out[chunk.start:chunk.stop] = self._aggregate(chunk_dev, block, True)
+
+            self._column_pass(f"h{layer}", f"agg{layer}", aggregate)
+        for chunk, got in self._passes(lambda c: self._linear_inputs(layer, order, c, by_columns)):
+            chunk_dev = None if by_columns else self._chunk(chunk)
             if not transformed:
                 x = got["agg"] if "agg" in got else self._aggregate(chunk_dev, got["h_src"], got["whole"])
                 if "agg" not in got and self.stored(f"agg{layer}"):
@@ -259,7 +282,7 @@ class Engine:
         for grad in self.grads.values():
             grad.zero_()
         for layer in reversed(range(self.num_layers)):
-            if layer > 0:
+            if layer > 0 and not (self.columns[layer][1] and not self.model.self_rows):  # else set by blocks
                 self.buffers[f"grad_h{layer}"].zero_()
             order = self.plan.orders[layer]
             if order == "transform_first":
@@ -299,8 +322,9 @@ class Engine:
                 got["h_self"] = self._rows(f"h{layer}", chunk)
             return got
 
+        by_columns = self.columns[layer][1]  # grad_h on disk: d_x goes to agg's rows, then scattered by blocks
         for chunk, got in self._passes(fetch):
-            chunk_dev = self._chunk(chunk)
+            chunk_dev = None if by_columns else self._chunk(chunk)
             g = got["g"]
             tracked = self.store.track(g)
             x = got.get("agg")
@@ -314,9 +338,20 @@ class Engine:
                 self.buffers[f"grad_h{layer}"].add(slice(chunk.start, chunk.stop), d_self)
             if transformed:
                 self._scatter(f"grad_t{layer}", chunk_dev, d_x)
+            elif by_columns:  # agg's rows were read (for dW) by this step: they now hold the aggregate's gradient
+                self.buffers[f"agg{layer}"].write(slice(chunk.start, chunk.stop), d_x)
             elif layer > 0:
                 self._scatter(f"grad_h{layer}", chunk_dev, d_x)
             self.store.untrack(tracked)
+        if by_columns:
+
+            def scatter(chunk: Chunk, chunk_dev: Chunk, block: Tensor, out: Tensor) -> None:
+                d_halo = kernels.spmm_t(chunk_dev, chunk_dev.values, block[chunk.start:chunk.stop])
+                tracked = self.store.track(d_halo)
+                out.index_add_(0, kernels.long_index(chunk_dev.halo), d_halo)
+                self.store.untrack(tracked)
+
+            self._column_pass(f"agg{layer}", f"grad_h{layer}", scatter, add=self.model.self_rows)
 
     def _backward_transform(self, layer: int) -> None:
         """``dW += dt^T h`` and ``dh += dt W`` per row chunk, from the scatter-added ``grad_t``."""

@@ -3,7 +3,8 @@
 - ``device``: CUDA when present, else CPU memory (accounted apart from host so that plans are checked here too).
 - ``host``: CPU memory (plain: exactly the accounted bytes). Reads copy the rows to the device (a real copy on CPU
   too); on CUDA through the store's pinned staging slots, asynchronously (``engine.transfer``).
-- ``disk``: one file per buffer in a private working directory (``diskfile.RowFile``: explicit positioned I/O,
+- ``disk``: one file per column block of a buffer (``plan.blocks.column_blocks``: at most 64 floats of each row;
+  ``engine.buffers``) in a private working directory (``diskfile.RowFile``: explicit positioned I/O,
   ``O_DIRECT`` where the file system takes it, space reserved up front), removed when the store closes (also on
   error or Ctrl-C: the store is a context manager and registers an ``atexit`` fallback). The disk tier's staging
   buffers (``staging_bytes`` each, one per thread that touches the disk) are host memory, accounted as such.
@@ -29,14 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from flexgnn_core import workdirs
-from flexgnn_core.engine.diskfile import RowFile, Staging, aligned
+from flexgnn_core.engine.buffers import Buffer
+from flexgnn_core.engine.diskfile import Staging
 from flexgnn_core.engine.transfer import PinnedPool, StreamClock
-from flexgnn_core.kernels import long_index
 from flexgnn_core.plan.problem import MAX_STAGING_BYTES, STAGING_THREADS
 from flexgnn_core.spec import TIERS
 
@@ -79,123 +79,6 @@ class Counters:
         return max(seconds["fetch"] - seconds["wait"], 0.0)
 
 
-def _select(data: Tensor, index: Tensor | slice) -> Tensor:
-    """Rows of ``data``: a view for a range, ``index_select`` for an index tensor (on CPU 3-5x faster than
-    ``data[index]``'s advanced indexing for the halo gathers chunks do; results/LOG.md, 2026-11-28). The index
-    follows the data's device: a chunk kept on the host (graph placed off the device) still reads device-resident
-    rows (CUDA's ``index_select`` refuses a CPU index for CUDA data)."""
-    if isinstance(index, slice):
-        return data[index]
-    return torch.index_select(data, 0, _on(index, data.device))
-
-
-def _on(index: Tensor, device: torch.device) -> Tensor:
-    return index if index.device == device else index.to(device, non_blocking=True)
-
-
-class Buffer:
-    """A ``[rows, *shape]`` fp32 array on one tier; rows are read, written and scatter-added by index or range."""
-
-    def __init__(self, store: "TierStore", name: str, shape: tuple[int, ...], tier: str):
-        self.store, self.name, self.shape, self.tier = store, name, shape, tier
-        self.nbytes = int(np.prod(shape)) * 4
-        self.data, self.file = None, None
-        if tier == "device":
-            self.data = torch.zeros(shape, dtype=torch.float32, device=store.device)
-        elif tier == "host":
-            self.data = torch.zeros(shape, dtype=torch.float32)  # rows go to the device through pinned slots
-        else:
-            path = store.disk_path(name)
-            try:
-                workdirs.reserve(path, aligned(self.nbytes))  # blocks allocated now: a full disk is this error
-                self.file = RowFile(path, shape[0], int(np.prod(shape[1:])), store.staging,
-                                    on_move=lambda kind, n: store.counters.moved(f"disk_{kind}", n))
-            except workdirs.DiskFull:
-                store.close()
-                raise
-            except OSError as error:
-                store.close()
-                raise OSError(f"disk tier: cannot create {self.nbytes} bytes at {path} ({error}); set disk_dir to "
-                              "a writable directory with enough free space") from error
-            store.uses_disk()
-            store.disk_modes.add(self.file.mode)
-        store.counters.hold(tier, self.nbytes)
-
-    def row_bytes(self, rows: int) -> int:
-        return rows * (self.nbytes // max(self.shape[0], 1))
-
-    def read(self, index: Tensor | slice) -> Tensor:
-        """Rows ``index`` as a device tensor (a copy unless the buffer is on the device and index is a range)."""
-        counters, device = self.store.counters, self.store.device
-        if self.tier == "device":
-            return _select(self.data, index)
-        if isinstance(index, Tensor):
-            index = index.cpu()
-        if self.tier == "disk":  # the read lands in new memory: that is the transfer, on CPU and to a pinned stage
-            rows = self.file.read_range(index.start, index.stop) if isinstance(index, slice) else \
-                self.file.read_index(index)
-            rows = rows.view(-1, *self.shape[1:])  # (the file counted the blocks it read: disk_read)
-            counters.moved("h2d", rows.numel() * 4)
-            if device.type == "cpu":
-                return rows
-            return self.store.pinned.to_device(rows.shape[0], self.shape[1:],
-                                               lambda a, b, out: out.copy_(rows[a:b]))
-        if device.type == "cpu" and not self.store.pinned.staged:
-            rows = _select(self.data, index)
-            counters.moved("h2d", rows.numel() * 4)
-            return rows.clone()  # the host -> device copy, real on CPU too so that offload costs show
-        count = index.stop - index.start if isinstance(index, slice) else index.numel()
-        counters.moved("h2d", count * (self.nbytes // max(self.shape[0], 1)))
-        if isinstance(index, slice):
-            fill = lambda a, b, out: out.copy_(self.data[index.start + a:index.start + b])  # noqa: E731
-        else:
-            fill = lambda a, b, out: torch.index_select(self.data, 0, index[a:b], out=out)  # noqa: E731
-        return self.store.pinned.to_device(count, self.shape[1:], fill)
-
-    def write(self, index: slice, rows: Tensor) -> None:
-        if self.tier == "device":
-            self.data[index] = rows
-            return
-        self.store.counters.moved("d2h", rows.numel() * 4)
-        if self.tier == "disk":
-            self.file.write_range(index.start, rows.reshape(rows.shape[0], self.file.width).cpu())
-            return
-        self.data[index].copy_(rows)  # from the device: waits for the current stream only
-
-    def add(self, index: Tensor | slice, rows: Tensor) -> None:
-        """``self[index] += rows`` (indices sorted and distinct); off-device a read-modify-write of those rows."""
-        if isinstance(index, Tensor) and index.numel() == self.shape[0]:
-            index = slice(0, self.shape[0])  # sorted distinct indices covering every row: a plain add
-        if self.tier != "device":
-            self.store.counters.moved("d2h", rows.numel() * 4)
-            rows = rows.cpu()
-            index = index.cpu() if isinstance(index, Tensor) else index
-        if self.tier == "disk":
-            flat = rows.reshape(rows.shape[0], self.file.width)
-            if isinstance(index, slice):
-                self.file.write_range(index.start, flat, add=True)
-            else:
-                self.file.add_index(index, flat)
-        elif isinstance(index, slice):
-            self.data[index] += rows
-        else:
-            self.data.index_add_(0, long_index(_on(index, self.data.device)), rows)
-
-    def zero_(self) -> None:
-        if self.tier == "disk":
-            self.file.zero()
-            return
-        self.data.zero_()
-
-    def free(self) -> None:
-        self.store.counters.release(self.tier, self.nbytes)
-        if self.file is not None:
-            for kind, nbytes in self.file.actual.items():
-                self.store.counters.disk_actual[kind] += nbytes
-            self.file.close()
-        self.data = self.file = None
-
-
 class TierStore:
     """Owns every buffer and the disk working directory. ``with TierStore(device, disk_dir) as store: ...``."""
 
@@ -223,7 +106,7 @@ class TierStore:
 
     def disk_actual(self) -> dict[str, int]:
         """Bytes the disk tier's system calls moved so far (whole aligned blocks), open and closed files."""
-        live = [b.file.actual for b in self.buffers.values() if b.file is not None]
+        live = [f.actual for b in self.buffers.values() for f in b.files]
         return {kind: self.counters.disk_actual[kind] + sum(a[kind] for a in live) for kind in ("read", "write")}
 
     def disk_path(self, name: str) -> Path:
@@ -336,7 +219,7 @@ class TierStore:
     def close(self) -> None:
         self.pinned.close()
         for buffer in list(self.buffers.values()):
-            if buffer.data is not None or buffer.file is not None:
+            if buffer.data is not None or buffer.files:
                 buffer.free()
         self.buffers.clear()
         if self._staging_held:

@@ -27,6 +27,10 @@ import numpy as np
 
 ALIGN = 4096
 GAP_BYTES = 64 * 2**10  # sorted rows closer than this are moved in one transfer
+# A disk buffer wider than this is stored as column blocks of at most this many floats, one file each (FlexGNN's
+# release manages memory in blocks of 64 feature columns too): a column pass (``plan.problem.column_passes``) reads
+# or writes one block of every row with one sequential sweep of one file.
+COLUMN_BLOCK = 64
 
 
 def aligned(nbytes: int) -> int:
@@ -103,6 +107,11 @@ def gather_bytes(halos: Iterable[np.ndarray], row_bytes: int, window_bytes: int)
     return total
 
 
+def column_blocks(width: int) -> list[tuple[int, int]]:
+    """The ``[c0, c1)`` column blocks a disk buffer of ``width`` floats per row is stored as (one file each)."""
+    return [(c0, min(width, c0 + COLUMN_BLOCK)) for c0 in range(0, max(int(width), 1), COLUMN_BLOCK)]
+
+
 def row_widths(widths: Sequence[int]) -> tuple[int, ...]:
-    """The distinct row sizes in bytes of fp32 buffers with these widths."""
-    return tuple(sorted({4 * int(w) for w in widths}))
+    """The distinct row sizes in bytes of the disk files of fp32 buffers with these widths (their column blocks)."""
+    return tuple(sorted({4 * (c1 - c0) for w in widths for c0, c1 in column_blocks(int(w))}))

@@ -13,9 +13,9 @@ transfer time prefetching can hide under compute). ``predict(plan, problem, hw)`
   ``overlap x (P - 1) / P`` of the compute time's worth of transfers (each pass's first chunk has nothing to
   hide behind; none at P=1).
 
-Every term is a sum of per-layer, per-intermediate and per-pair-of-intermediates costs, which is what lets
+Every term is a sum of per-layer, per-intermediate and per-group-of-intermediates costs, which is what lets
 ``plan.solvers.optimal`` solve the placement exactly as a mixed-integer program over the same numbers
-(``item_compute_s``, ``item_link_bytes``, ``pair_link_bytes``; a pair is one product variable). Model-specific
+(``item_compute_s``, ``item_link_bytes``, ``joint_link_bytes``; a group is one product variable). Model-specific
 dense work comes from the model's own declaration (``GNNModel.post_flops``); attention models add GAT's terms.
 """
 
@@ -243,10 +243,11 @@ def item_link_bytes(problem: Problem, name: str, where: str) -> dict[str, int]:
 Condition = tuple[str, frozenset]  # (intermediate, the placements under which a term applies)
 
 
-def pair_link_bytes(problem: Problem) -> list[tuple[Condition, Condition, dict[str, int]]]:
-    """Bytes per link per epoch that depend on two placements at once (``plan.link_terms`` with two conditions:
-    a layer input off the device read more or less as its aggregate or transform is recomputed or stored)."""
-    return [(term.when[0], term.when[1], dict(term.links)) for term in link_terms(problem) if len(term.when) == 2]
+def joint_link_bytes(problem: Problem) -> list[tuple[tuple[Condition, ...], dict[str, int]]]:
+    """Bytes per link per epoch that depend on two or more placements at once (``plan.link_terms`` with several
+    conditions: a layer input off the device read more or less as its aggregate or transform is recomputed or
+    stored; a column pass's reads and writes, and its walks over a host-placed graph)."""
+    return [(term.when, dict(term.links)) for term in link_terms(problem) if len(term.when) >= 2]
 
 
 def transfer_s(link_bytes: dict[str, int], hw: Hardware) -> dict[str, float]:

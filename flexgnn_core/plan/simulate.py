@@ -32,25 +32,40 @@ class LinkTerm:
 
 
 class _Units:
-    """The units a buffer's rows move in, each with its exact bytes (what crosses ``h2d`` / ``d2h``) and its disk
-    bytes (whole blocks, ``plan.blocks``): ``rows(w)`` every chunk's row range of a width-``w`` buffer (all ``N``
-    rows), ``halo(w)`` every chunk's halo, ``edges()`` every chunk's edge range of a per-edge-and-head buffer."""
+    """The units a buffer's rows move in, each with its exact bytes (what crosses ``h2d`` / ``d2h``), its disk
+    bytes (whole blocks, ``plan.blocks``; a disk buffer is one file per column block, ``blocks.column_blocks``) and
+    its transfers per pass: ``rows(w)`` every chunk's row range of a width-``w`` buffer (all ``N`` rows),
+    ``halo(w)`` every chunk's halo, ``columns(w)`` one sweep of every column block (a column pass),
+    ``edges()`` every chunk's edge range of a per-edge-and-head buffer."""
 
     def __init__(self, problem: Problem):
         self.problem = problem
         self.staging = staging_bytes(problem)
         self.halo_table = dict(problem.disk_halo_bytes)
 
+    def _ranges(self, width: int, bounds: list[tuple[int, int]]) -> tuple[int, int]:
+        span = partial = 0
+        for c0, c1 in blocks.column_blocks(width):
+            row = FLOAT * (c1 - c0)
+            moved = blocks.range_moves(bounds, row, blocks.window(self.staging, row))
+            span, partial = span + moved[0], partial + moved[1]
+        return span, partial
+
     def rows(self, width: int) -> "_Unit":
-        p, row = self.problem, FLOAT * width
-        span, partial = blocks.range_moves(chunk_bounds(p.num_nodes, p.num_chunks), row,
-                                           blocks.window(self.staging, row))
-        return _Unit(p.num_nodes * row, span, partial)
+        p = self.problem
+        span, partial = self._ranges(width, chunk_bounds(p.num_nodes, p.num_chunks))
+        return _Unit(p.num_nodes * FLOAT * width, span, partial, p.num_chunks)
+
+    def columns(self, width: int) -> "_Unit":
+        p = self.problem
+        span, partial = self._ranges(width, [(0, p.num_nodes)])
+        return _Unit(p.num_nodes * FLOAT * width, span, partial, len(blocks.column_blocks(width)))
 
     def halo(self, width: int) -> "_Unit":
-        p, row = self.problem, FLOAT * width
-        exact = p.sum_halo_rows * row
-        return _Unit(exact, self.halo_table.get(row, exact), 0)
+        p = self.problem
+        span = sum(self.halo_table.get(FLOAT * (c1 - c0), p.sum_halo_rows * FLOAT * (c1 - c0))
+                   for c0, c1 in blocks.column_blocks(width))
+        return _Unit(p.sum_halo_rows * FLOAT * width, span, 0, p.num_chunks)
 
     def edges(self) -> "_Unit":
         p, row = self.problem, FLOAT * self.problem.heads
@@ -59,7 +74,7 @@ class _Units:
         else:
             span, partial = blocks.range_moves(chunk_bounds(p.num_edges, p.num_chunks) if p.num_edges >= p.num_chunks
                                                else [(0, p.num_edges)], row, blocks.window(self.staging, row))
-        return _Unit(p.num_edges * row, span, partial)
+        return _Unit(p.num_edges * row, span, partial, p.num_chunks)
 
 
 @dataclass(frozen=True)
@@ -67,22 +82,67 @@ class _Unit:
     exact: int  # bytes of the rows themselves
     span: int  # bytes of the blocks around them (a disk read or write)
     partial: int  # blocks a disk write of them reads first (rows covering a block in part)
+    ops: int  # transfers per pass (a chunk-level transfer per chunk; a column pass one sweep per column block)
 
 
-def _moves(tier: str, chunks: int, read=(), write=(), add=(), zero: int = 0) -> tuple[tuple[str, int], ...]:
+@functools.lru_cache(maxsize=256)
+def column_layers(problem: Problem) -> tuple[bool, ...]:
+    """Per layer, whether its aggregation runs as column passes when its source or target is on disk (see
+    ``column_passes``): a linear-family layer after the first, at least two column blocks wide (a pass holds three
+    blocks: for a narrower layer that is more than keeping its whole input in memory), whose chunks' halo gathers
+    move at least twice the blocks of one sweep of the whole buffer (halos spread over the file, as in a graph
+    without locality: each chunk's gather then reads most of the file, P times per pass)."""
+    units = _Units(problem)
+    return tuple(layer > 0 and not problem.attention and problem.dims[layer] >= 2 * blocks.COLUMN_BLOCK
+                 and units.halo(problem.dims[layer]).span >= 2 * units.columns(problem.dims[layer]).span
+                 for layer in range(problem.num_layers))
+
+
+def column_passes(problem: Problem, placement: dict[str, str], layer: int) -> tuple[bool, bool]:
+    """``(forward, backward)``: whether layer ``layer``'s aggregation runs by column blocks instead of by chunk
+    halos (``engine.executor``), given the placement. Forward when ``h{l}`` is on disk and ``agg{l}`` is stored:
+    each column block of ``h{l}`` is read with one sweep, aggregated for every row and written to ``agg{l}``; then
+    the chunk steps read ``agg{l}`` rows. Backward when ``grad_h{l}`` is on disk and ``agg{l}`` is stored: the chunk
+    steps overwrite ``agg{l}``'s rows (read for the weight gradient first) with the aggregate's gradient, and each
+    of its column blocks is scattered through ``A^T`` into a whole column block of ``grad_h{l}`` with one sweep."""
+    if not column_layers(problem)[layer] or placement.get(f"agg{layer}") not in TIERS:
+        return False, False
+    return placement.get(f"h{layer}") == "disk", placement.get(f"grad_h{layer}") == "disk"
+
+
+def column_conditions(problem: Problem) -> list[tuple[tuple[str, frozenset[str]], ...]]:
+    """The placements under which a column pass runs (each a pair of conditions; ``column_passes``)."""
+    stored = frozenset(TIERS)
+    out = []
+    for layer, columns in enumerate(column_layers(problem)):
+        if columns:
+            out.append(((f"h{layer}", frozenset({"disk"})), (f"agg{layer}", stored)))
+            out.append(((f"grad_h{layer}", frozenset({"disk"})), (f"agg{layer}", stored)))
+    return out
+
+
+def column_working_bytes(problem: Problem) -> int:
+    """Device bytes a column pass holds beyond a chunk step's: its output block and two input blocks (one in
+    flight while the other is aggregated), ``N`` rows of at most ``COLUMN_BLOCK`` floats each (0 when no layer
+    can run one)."""
+    widths = [problem.dims[layer] for layer, columns in enumerate(column_layers(problem)) if columns]
+    return 3 * problem.num_nodes * min(max(widths, default=0), blocks.COLUMN_BLOCK) * FLOAT
+
+
+def _moves(tier: str, read=(), write=(), add=(), zero: int = 0) -> tuple[tuple[str, int], ...]:
     """Bytes per link of reads, writes and read-modify-write adds (each a sequence of ``(times, unit)``) and a
-    zeroing of ``zero`` bytes, on an off-device buffer, as ``engine.tiers.Buffer`` counts them: ``h2d`` / ``d2h``
+    zeroing of ``zero`` bytes, on an off-device buffer, as ``engine.buffers.Buffer`` counts them: ``h2d`` / ``d2h``
     the rows; a host add is one d2h copy; on disk the blocks the system calls move (a write also reads its partial
-    blocks, an add reads and writes its span, zeroing writes the whole file). ``ops``: the chunk-level transfers
-    that carry them, one per chunk for each kind of access (a per-transfer latency in the cost model; an access
-    that runs twice per epoch is still counted once per chunk)."""
+    blocks, an add reads and writes its span, zeroing writes the whole file). ``ops``: the transfers that carry
+    them, the unit's per pass for each kind of access (a per-transfer latency in the cost model; an access that
+    runs twice per epoch is still counted once)."""
     total = lambda accesses, attr: sum(times * getattr(unit, attr) for times, unit in accesses)  # noqa: E731
     links = {"h2d": total(read, "exact"), "d2h": total(write, "exact") + total(add, "exact"),
              "disk_read": 0, "disk_write": 0}
     if tier == "disk":
         links["disk_read"] = total(read, "span") + total(write, "partial") + total(add, "span")
         links["disk_write"] = total(write, "span") + total(add, "span") + zero
-    ops = chunks * sum(1 for accesses in (read, write, add) if any(times for times, _ in accesses))
+    ops = sum(max((unit.ops for times, unit in accesses if times), default=0) for accesses in (read, write, add))
     return tuple(links.items()) + (("ops", ops),)
 
 
@@ -103,7 +163,11 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
     - ``t{l}``: written by the transform pass, its halo gathered forward (and backward for attention);
     - ``grad_t{l}``: zeroed, scatter-added per halo, read back by rows; ``att{l}``: written forward, read backward;
     - ``grad_h{l}``: zeroed, added by layer l's backward (halo scatter when aggregate-first, rows when transform-
-      first, rows again for self rows), read by layer l-1; ``grad_h{L}`` written by the loss, read once.
+      first, rows again for self rows), read by layer l-1; ``grad_h{L}`` written by the loss, read once;
+    - column passes (``column_passes``) instead: ``h{l}`` read by one sweep of each column block, ``agg{l}`` written
+      by column blocks and read by rows forward; backward ``agg{l}`` written by rows (the aggregate's gradient) and
+      read by column blocks, ``grad_h{l}`` written by column blocks (added to, after zeroing, for self rows); the
+      graph's chunk blocks walked once per column block.
     """
     n, L = problem.num_nodes, problem.num_layers
     reused = not problem.input_dropout  # layer 0's stored aggregate, made once
@@ -111,28 +175,38 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
     stored, every, off = frozenset(TIERS), frozenset(PLACEMENTS), ("host", "disk")
     recomputed = frozenset({"recompute"})
     units = _Units(problem)
-    rows, halo = functools.cache(units.rows), functools.cache(units.halo)
+    rows, halo, columns = functools.cache(units.rows), functools.cache(units.halo), functools.cache(units.columns)
     edges = units.edges() if attention else None  # one per-edge range pass, shared by every att{l} term
-    file_bytes = lambda width: blocks.aligned(n * width * FLOAT)  # noqa: E731  (what zeroing writes)
+    file_bytes = lambda width: sum(blocks.aligned(n * (c1 - c0) * FLOAT)  # noqa: E731  (what zeroing writes)
+                                   for c0, c1 in blocks.column_blocks(width))
+    by_columns = column_layers(problem)
+    disk, resident = frozenset({"disk"}), frozenset({"device", "host"})
     link_blocks = (("h2d", 2 * L * problem.graph_bytes), ("d2h", 0), ("disk_read", 0), ("disk_write", 0),
                    ("ops", 2 * L * problem.num_chunks))
     terms = [LinkTerm((("graph", frozenset({"host"})),), link_blocks)]
 
     def term(tier: str, name: str, other: tuple[str, frozenset[str]] | None = None, **accesses) -> None:
-        terms.append(LinkTerm(((name, frozenset({tier})),) + ((other,) if other else ()),
-                              _moves(tier, problem.num_chunks, **accesses)))
+        terms.append(LinkTerm(((name, frozenset({tier})),) + ((other,) if other else ()), _moves(tier, **accesses)))
 
     for layer in range(L):
         d, tw = problem.dims[layer], transform_width(problem, layer)
-        h, agg, t = f"h{layer}", f"agg{layer}", f"t{layer}"
+        h, agg, t, grad = f"h{layer}", f"agg{layer}", f"t{layer}", f"grad_h{layer}"
         gathers = 2 if attention else 1
+        col = by_columns[layer]  # column passes when h / grad_h is on disk and agg stored (column_passes)
         for tier in off:
             term(tier, h, read=[(2 * own + (layer > 0), rows(d))], write=[(int(layer > 0), rows(d))])
             if not attention:  # aggregate-first layers
-                term(tier, h, (agg, stored), read=[(int(layer > 0 or not reused), halo(d))])
+                if col and tier == "disk":  # the forward column pass: one sweep of each column block
+                    term(tier, h, (agg, stored), read=[(1, columns(d))])
+                else:
+                    term(tier, h, (agg, stored), read=[(int(layer > 0 or not reused), halo(d))])
                 term(tier, h, (agg, recomputed), read=[(2, halo(d))])
                 if layer == 0 and reused:
                     term(tier, agg, read=[(2, rows(d))])
+                elif col:  # written by blocks and read by rows forward (h on disk); in the backward column pass
+                    term(tier, agg, (h, resident), read=[(1, rows(d))], write=[(1, rows(d))])  # it holds the
+                    term(tier, agg, (h, disk), read=[(2, rows(d))], write=[(1, columns(d))])  # gradient, written
+                    term(tier, agg, (grad, disk), write=[(1, rows(d))], read=[(1, columns(d))])  # by rows
                 else:
                     term(tier, agg, read=[(1, rows(d))], write=[(1, rows(d))])
             term(tier, h, (t, stored), read=[(2, rows(d))])
@@ -142,11 +216,25 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
             if attention:
                 term(tier, f"att{layer}", write=[(1, edges)], read=[(1, edges)])
             if layer > 0:
-                grad = f"grad_h{layer}"
-                term(tier, grad, zero=file_bytes(d), read=[(1, rows(d))], add=[(own, rows(d))])
-                if not attention:
-                    term(tier, grad, (agg, every), add=[(1, halo(d))])
+                if col and tier == "disk":  # the backward column pass sets (or adds to) whole column blocks
+                    term(tier, grad, read=[(1, rows(d))], add=[(own, rows(d))])
+                    term(tier, grad, (t, every), zero=file_bytes(d))
+                    term(tier, grad, (agg, recomputed), zero=file_bytes(d), add=[(1, halo(d))])
+                    if own:
+                        term(tier, grad, (agg, stored), zero=file_bytes(d), add=[(1, columns(d))])
+                    else:
+                        term(tier, grad, (agg, stored), write=[(1, columns(d))])
+                else:
+                    term(tier, grad, zero=file_bytes(d), read=[(1, rows(d))], add=[(own, rows(d))])
+                    if not attention:
+                        term(tier, grad, (agg, every), add=[(1, halo(d))])
                 term(tier, grad, (t, every), add=[(1, rows(d))])
+        if col:  # a column pass walks every chunk block once per column block, a chunk pass once
+            extra = len(blocks.column_blocks(d)) - 1
+            graph_links = (("h2d", extra * problem.graph_bytes), ("d2h", 0), ("disk_read", 0), ("disk_write", 0),
+                           ("ops", extra * problem.num_chunks))
+            for target in (h, grad):
+                terms.append(LinkTerm((("graph", frozenset({"host"})), (target, disk), (agg, stored)), graph_links))
     for tier in off:
         term(tier, f"grad_h{L}", write=[(1, rows(problem.dims[L]))], read=[(1, rows(problem.dims[L]))])
     return tuple(terms)
@@ -169,6 +257,8 @@ def simulate(plan: Plan, problem: Problem) -> dict[str, dict[str, int]]:
             peak[where] += items[name].nbytes
     if peak["disk"]:  # the disk tier's staging buffers are host memory
         peak["host"] += STAGING_THREADS * staging_bytes(problem)
+    if any(any(column_passes(problem, placement, layer)) for layer in range(problem.num_layers)):
+        peak["device"] += column_working_bytes(problem)
     links = {"h2d": 0, "d2h": 0, "disk_read": 0, "disk_write": 0, "ops": 0}
     for term in link_terms(problem):
         if term.applies(placement):

@@ -14,9 +14,11 @@ For each P it solves one MILP with scipy's HiGHS:
     tau >= C,  tau >= C + T - overlap (P-1)/P C;  minimise tau
 
 which is ``predict`` term for term (``cost.item_compute_s``, ``cost.item_link_bytes``), so the plan's prediction
-is the MILP optimum. A transfer that depends on two placements (``cost.pair_link_bytes``: a layer input off the
-device is gathered again when its aggregate or transform is recomputed) is a continuous y[a, b] = x[a] x[b] with
-y >= x[a] + x[b] - 1, y >= 0, exact at the optimum because y only costs (y <= x[a], y <= x[b] cap a saving).
+is the MILP optimum. A transfer that depends on several placements (``cost.joint_link_bytes``: a layer input off
+the device is gathered again when its aggregate or transform is recomputed; a column pass) is a continuous
+y = x[a] x[b] ... with y >= x[a] + x[b] + ... - (k - 1), y >= 0, exact at the optimum because y only costs
+(y <= each x caps a saving). The device bytes of a column pass are held when any of its placement pairs holds:
+a continuous w >= x[a] + x[b] - 1 for each, which only the memory rows bound.
 When no placement fits any P, the best-effort plan (recompute what can be, the rest on disk, the graph on the
 host) comes back with ``feasible=False`` and the missing bytes in ``reason``.
 """
@@ -35,7 +37,7 @@ from flexgnn_core.plan.chunking import STAT_FIELDS, estimate_chunk_stats, proble
 from flexgnn_core.plan.cost import Hardware
 from flexgnn_core.plan.problem import (STAGING_THREADS, Plan, Problem, fixed_device_bytes, free_orders,
                                        intermediates, layer_orders, staging_bytes, working_set_bytes)
-from flexgnn_core.plan.simulate import make_plan
+from flexgnn_core.plan.simulate import column_conditions, column_working_bytes, make_plan
 
 
 def _choices(problem: Problem) -> tuple[list, list[tuple[str, str]]]:
@@ -56,11 +58,12 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
     by_name = {item.name: item for item in items}
     layers = problem.num_layers
     seconds = lambda links: sum(links[link] / hw.link_bytes_per_s(link) for link in cost.LINKS)  # noqa: E731
-    products = [(a, b, seconds(links)) for a, b, links in cost.pair_link_bytes(problem)
-                if a[0] in by_name and b[0] in by_name and seconds(links) != 0]
+    products = [(when, seconds(links)) for when, links in cost.joint_link_bytes(problem)
+                if all(name in by_name for name, _ in when) and seconds(links) != 0]
     nx, no, ny = len(pairs), layers, len(products)
-    nv = nx + no + ny + 2  # x[i, p], o[l], y (one per product of two placements), z (anything on disk), tau
-    uses_disk = nv - 2
+    # x[i, p], o[l], y (one per product of placements), w (a column pass runs), z (anything on disk), tau
+    nv = nx + no + ny + 3
+    columns_held, uses_disk = nv - 3, nv - 2
     compute = np.zeros(nv)  # coefficients of C
     transfer = np.zeros(nv)
     constant = 0.0
@@ -77,19 +80,23 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
             compute[k] = cost.item_compute_s(problem, hw, name, where == "recompute")
         transfer[k] = seconds(cost.item_link_bytes(problem, name, where))
     rows, lo, hi = [], [], []
-    for j, (a, b, term_s) in enumerate(products):  # y = [a holds] x [b holds] for binary x (McCormick)
+    def holds(name: str, allowed: frozenset) -> np.ndarray:
+        side = np.zeros(nv)
+        side[[k for k, (n, w) in enumerate(pairs) if n == name and w in allowed]] = 1
+        return side
+
+    for j, (when, term_s) in enumerate(products):  # y = product of its conditions for binary x (McCormick)
         transfer[nx + no + j] = term_s
-        sides = []
-        for name, allowed in (a, b):
-            side = np.zeros(nv)
-            side[[k for k, (n, w) in enumerate(pairs) if n == name and w in allowed]] = 1
-            sides.append(side)
+        sides = [holds(name, allowed) for name, allowed in when]
         y = np.zeros(nv)
         y[nx + no + j] = 1
-        rows.append(y - sides[0] - sides[1]), lo.append(-1.0), hi.append(np.inf)  # y >= [a] + [b] - 1, y >= 0
-        if term_s < 0:  # a saving: minimising would raise y, so cap it too (y <= [a], y <= [b])
+        rows.append(y - sum(sides)), lo.append(1.0 - len(sides)), hi.append(np.inf)  # y >= sum - (k - 1), y >= 0
+        if term_s < 0:  # a saving: minimising would raise y, so cap it too (y <= each condition)
             for side in sides:
                 rows.append(y - side), lo.append(-np.inf), hi.append(0.0)
+    for when in column_conditions(problem):  # w >= [both hold]: a column pass's blocks are then held
+        rows.append(-sum(holds(name, allowed) for name, allowed in when) + np.eye(nv)[columns_held])
+        lo.append(-1.0), hi.append(np.inf)
     scale = max(constant, np.abs(compute).max(), np.abs(transfer).max(), 1e-30)
     for name in by_name:  # each intermediate placed exactly once, if its layer's order has it
         row = np.zeros(nv)
@@ -120,6 +127,7 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
             row[[k for k, (n, w) in enumerate(pairs) if w in tiers]] = [by_name[n].nbytes for n, w in pairs
                                                                       if w in tiers]
             row[uses_disk] = STAGING_THREADS * staging_bytes(problem) if "host" in tiers else 0
+            row[columns_held] = column_working_bytes(problem) if "device" in tiers else 0
             rows.append(row / max(capacity, 1)), lo.append(-np.inf), hi.append(capacity / max(capacity, 1))
     tau = np.zeros(nv)
     tau[-1] = 1
@@ -129,7 +137,7 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
     rows.append(tau - (1 - hidden_share) * c_row - t_row)  # tau >= (1 - overlap) C + T
     lo.append((1 - hidden_share) * constant / scale), hi.append(np.inf)
     integrality = np.ones(nv)
-    integrality[nx + no:] = 0  # products and tau are continuous (the McCormick rows make y exact)
+    integrality[nx + no:] = 0  # products, w and tau are continuous (the McCormick rows make y and w exact)
     integrality[uses_disk] = 1
     upper = np.ones(nv)
     upper[-1] = np.inf

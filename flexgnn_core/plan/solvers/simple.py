@@ -9,7 +9,7 @@ from __future__ import annotations
 from flexgnn_core.plan.cost import Hardware
 from flexgnn_core.plan.problem import (STAGING_THREADS, Intermediate, Plan, Problem, fixed_device_bytes,
                                        intermediates, layer_orders, staging_bytes, working_set_bytes)
-from flexgnn_core.plan.simulate import make_plan
+from flexgnn_core.plan.simulate import column_passes, column_working_bytes, make_plan
 
 
 def _uniform(tier: str):
@@ -43,18 +43,23 @@ def _capacity_walk(problem: Problem, items: list[Intermediate]) -> dict[str, str
     """FlexGNN's released rule: graph first, then intermediates from the deepest layer back to the first, each on
     the device if it still fits the budget, else on the host if it fits there, else on disk (a joint memory budget,
     device + host, is drawn on by both). When anything lands on disk, the walk is made again with the disk tier's
-    staging buffers (host memory) set aside first."""
+    staging buffers (host memory) set aside first, and once more with a column pass's device bytes set aside when
+    that placement runs one (``simulate.column_passes``)."""
     placement = _walk(problem, items, staging=0)
     if "disk" in placement.values():
-        placement = _walk(problem, items, staging=STAGING_THREADS * staging_bytes(problem))
+        staging = STAGING_THREADS * staging_bytes(problem)
+        placement = _walk(problem, items, staging=staging)
+        if any(any(column_passes(problem, placement, layer)) for layer in range(problem.num_layers)):
+            placement = _walk(problem, items, staging=staging, columns=column_working_bytes(problem))
     return placement
 
 
-def _walk(problem: Problem, items: list[Intermediate], staging: int) -> dict[str, str]:
+def _walk(problem: Problem, items: list[Intermediate], staging: int, columns: int = 0) -> dict[str, str]:
     free = {"device": device_room(problem), "host": problem.host_budget_bytes}
     shared = _memory_room(problem)
     free["host"] = None if free["host"] is None else free["host"] - staging
-    shared = None if shared is None else shared - staging
+    free["device"] = None if free["device"] is None else free["device"] - columns
+    shared = None if shared is None else shared - staging - columns
     placement = {}
     for item in sorted(items, key=lambda item: (item.name != "graph", -item.layer)):
         for tier in item.tiers:
