@@ -282,9 +282,11 @@ class Engine:
         for grad in self.grads.values():
             grad.zero_()
         for layer in reversed(range(self.num_layers)):
-            if layer > 0 and not (self.columns[layer][1] and not self.model.self_rows):  # else set by blocks
-                self.buffers[f"grad_h{layer}"].zero_()
             order = self.plan.orders[layer]
+            # without self rows, grad_h{l} has one writer: the transform backward's rows or the column pass's blocks
+            sets = not self.model.self_rows and (order == "transform_first" or self.columns[layer][1])
+            if layer > 0 and not sets:
+                self.buffers[f"grad_h{layer}"].zero_()
             if order == "transform_first":
                 self.buffers[f"grad_t{layer}"].zero_()
             if self.model.family == "attention":
@@ -359,8 +361,12 @@ class Engine:
         fetch = lambda c: {"gt": self._rows(f"grad_t{layer}", c), "h": self._rows(f"h{layer}", c)}  # noqa: E731
         for chunk, got in self._passes(fetch):
             self.grads[name] += got["gt"].t() @ got["h"]
-            if layer > 0:
-                self.buffers[f"grad_h{layer}"].add(slice(chunk.start, chunk.stop), got["gt"] @ self.params[name])
+            if layer > 0:  # set (no self rows: nothing else adds to it), else added to the self rows' part
+                rows, d_h = slice(chunk.start, chunk.stop), got["gt"] @ self.params[name]
+                if self.model.self_rows:
+                    self.buffers[f"grad_h{layer}"].add(rows, d_h)
+                else:
+                    self.buffers[f"grad_h{layer}"].write(rows, d_h)
 
     def _backward_attention(self, layer: int) -> None:
         p, last = self.layer[layer], layer == self.num_layers - 1

@@ -163,7 +163,8 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
     - ``t{l}``: written by the transform pass, its halo gathered forward (and backward for attention);
     - ``grad_t{l}``: zeroed, scatter-added per halo, read back by rows; ``att{l}``: written forward, read backward;
     - ``grad_h{l}``: zeroed, added by layer l's backward (halo scatter when aggregate-first, rows when transform-
-      first, rows again for self rows), read by layer l-1; ``grad_h{L}`` written by the loss, read once;
+      first, rows again for self rows), read by layer l-1; transform-first without self rows: written by rows, not
+      zeroed (the transform backward is its one writer); ``grad_h{L}`` written by the loss, read once;
     - column passes (``column_passes``) instead: ``h{l}`` read by one sweep of each column block, ``agg{l}`` written
       by column blocks and read by rows forward; backward ``agg{l}`` written by rows (the aggregate's gradient) and
       read by column blocks, ``grad_h{l}`` written by column blocks (added to, after zeroing, for self rows); the
@@ -215,20 +216,17 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
             term(tier, f"grad_t{layer}", zero=file_bytes(tw), add=[(1, halo(tw))], read=[(1, rows(tw))])
             if attention:
                 term(tier, f"att{layer}", write=[(1, edges)], read=[(1, edges)])
-            if layer > 0:
-                if col and tier == "disk":  # the backward column pass sets (or adds to) whole column blocks
-                    term(tier, grad, read=[(1, rows(d))], add=[(own, rows(d))])
-                    term(tier, grad, (t, every), zero=file_bytes(d))
+            if layer > 0:  # read by layer l-1; self rows added; transform-first: the transform backward's rows
+                term(tier, grad, read=[(1, rows(d))], add=[(own, rows(d))])  # (set, not added, without self rows)
+                term(tier, grad, (t, every), zero=own * file_bytes(d), add=[(own, rows(d))], write=[(1 - own, rows(d))])
+                if not attention and col and tier == "disk":  # the column pass sets (or adds to) whole blocks
                     term(tier, grad, (agg, recomputed), zero=file_bytes(d), add=[(1, halo(d))])
                     if own:
                         term(tier, grad, (agg, stored), zero=file_bytes(d), add=[(1, columns(d))])
                     else:
                         term(tier, grad, (agg, stored), write=[(1, columns(d))])
-                else:
-                    term(tier, grad, zero=file_bytes(d), read=[(1, rows(d))], add=[(own, rows(d))])
-                    if not attention:
-                        term(tier, grad, (agg, every), add=[(1, halo(d))])
-                term(tier, grad, (t, every), add=[(1, rows(d))])
+                elif not attention:
+                    term(tier, grad, (agg, every), zero=file_bytes(d), add=[(1, halo(d))])
         if col:  # a column pass walks every chunk block once per column block, a chunk pass once
             extra = len(blocks.column_blocks(d)) - 1
             graph_links = (("h2d", extra * problem.graph_bytes), ("d2h", 0), ("disk_read", 0), ("disk_write", 0),
