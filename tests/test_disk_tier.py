@@ -15,6 +15,7 @@ from flexgnn_core import machine
 from flexgnn_core.engine import diskfile
 from flexgnn_core.engine.diskfile import RowFile, aligned
 from flexgnn_core.engine.tiers import TierStore
+from flexgnn_core.plan.problem import STAGING_THREADS
 
 CPU = torch.device("cpu")
 
@@ -100,7 +101,36 @@ def test_two_threads_reading_and_writing_different_buffers_at_once(tmp_path):
         assert not errors
         torch.testing.assert_close(first.read(slice(0, 5000)), data["a"] + 1, rtol=0, atol=0)
         assert store.disk_actual()["read"] > 0 and store.disk_modes
-        assert store.counters.current["host"] == 2 * store.staging.size  # the staging, accounted as host
+        assert store.counters.current["host"] == STAGING_THREADS * store.staging.size  # staging, accounted as host
+
+
+def test_row_writes_run_behind_and_a_read_waits_for_them_and_sees_their_failure(tmp_path, monkeypatch):
+    """Disk row writes run on the store's write-behind thread, in order, one in flight; a read of the rows waits
+    for the write, and a write that failed raises at the next access of its buffer, not silently."""
+    writers = []
+    original = RowFile.write_range
+
+    def recording(self, start, rows, add=False):
+        writers.append(threading.current_thread().name)
+        return original(self, start, rows, add)
+
+    monkeypatch.setattr(RowFile, "write_range", recording)
+    with TierStore(CPU, str(tmp_path)) as store:
+        buffer = store.alloc("h1", (1000, 16), "disk")
+        for start in range(0, 1000, 100):  # each overwrites the previous one's last rows: order matters
+            buffer.write(slice(start, min(1000, start + 150)), torch.full((min(1000, start + 150) - start, 16),
+                                                                           float(start)))
+        expected = torch.tensor([float(r // 100 * 100) for r in range(1000)]).unsqueeze(1).expand(1000, 16)
+        torch.testing.assert_close(buffer.read(slice(0, 1000)), expected, rtol=0, atol=0)
+        assert set(writers) == {"flexgnn-write_0"}
+
+        def failing(self, start, rows, add=False):
+            raise OSError("disk tier: short write (injected)")
+
+        monkeypatch.setattr(RowFile, "write_range", failing)
+        buffer.write(slice(0, 10), torch.ones(10, 16))  # returns at once: the write runs behind
+        with pytest.raises(OSError, match="injected"):
+            buffer.read(slice(0, 10))
 
 
 def test_the_pass_that_builds_agg0_reads_the_features_not_h0_on_disk(tmp_path, monkeypatch):

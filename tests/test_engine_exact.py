@@ -94,8 +94,8 @@ def test_both_operator_orders_match(kind, order):
 
 @pytest.mark.parametrize("kind", models.names())
 def test_greedy_under_a_tight_budget_mixes_tiers_and_stays_within_it(kind, tmp_path):
-    """70% of the all-device peak on the device, a tenth on the host beside the disk tier's staging buffers (host
-    memory held while anything is on disk), the rest on disk (a graph large enough for the three to differ)."""
+    """65% of the all-device peak on the device, a twentieth on the host beside the disk tier's staging buffers
+    (host memory held while anything is on disk), the rest on disk (a graph large enough for the three to differ)."""
     graph = tricky_graph(num_nodes=600, num_features=16)
     model = _model(kind, 3)
     params = init_params(model, graph.num_features, graph.num_classes, seed=0)
@@ -103,11 +103,11 @@ def test_greedy_under_a_tight_budget_mixes_tiers_and_stays_within_it(kind, tmp_p
     options = {"print_plan": False, "hardware": "h200", "num_chunks": 32, "disk_dir": str(tmp_path)}
     unlimited = system.train(graph, model, params, TRAIN, {**options, "policy": "all_device"})
     need = unlimited.plan["predicted_peak_bytes"]["device"]
-    budget = int(need * 0.7)
+    budget = int(need * 0.65)
     staging = STAGING_THREADS * staging_bytes(prepare(graph, model, params, 32).problem)
     result = system.train(graph, model, params, TRAIN, {**options, "policy": "flexgnn_greedy",
                                                         "device_budget_bytes": budget,
-                                                        "host_budget_bytes": int(need * 0.1) + staging})
+                                                        "host_budget_bytes": int(need * 0.05) + staging})
     _assert_matches(result, reference)
     assert set(result.plan["placement"].values()) == {"device", "host", "disk"}
     assert result.tier_peak_bytes["device"] <= budget and result.extra["device_within_budget"]

@@ -42,6 +42,7 @@ class Buffer:
         self.width = int(np.prod(shape[1:]))
         self.columns = blocks.column_blocks(self.width)
         self.data, self.files = None, []
+        self.pending: list[tuple[int, int, object]] = []  # write-behind writes of rows [start, stop) (disk tier)
         if tier == "device":
             self.data = torch.zeros(shape, dtype=torch.float32, device=store.device)
         elif tier == "host":
@@ -69,6 +70,17 @@ class Buffer:
 
     def row_bytes(self, rows: int) -> int:
         return rows * (self.nbytes // max(self.shape[0], 1))
+
+    def settle(self, start: int | None = None, stop: int | None = None) -> None:
+        """Wait for this buffer's pending write-behind writes (those overlapping rows ``[start, stop)``, or all)."""
+        if not self.pending:
+            return
+        with self.store.pending_lock:
+            waits = [f for a, b, f in self.pending if start is None or (a < stop and start < b)]
+        for future in waits:
+            future.result()
+        with self.store.pending_lock:
+            self.pending = [entry for entry in self.pending if not entry[2].done()]
 
     def _disk_read(self, index: Tensor | slice) -> Tensor:
         """Rows ``index`` of every column block file, side by side: a new ``[count, width]`` CPU tensor."""
@@ -100,6 +112,7 @@ class Buffer:
         if isinstance(index, Tensor):
             index = index.cpu()
         if self.tier == "disk":  # the read lands in new memory: that is the transfer, on CPU and to a pinned stage
+            self.settle(*((index.start, index.stop) if isinstance(index, slice) else ()))
             rows = self._disk_read(index).view(-1, *self.shape[1:])  # (the files counted their blocks: disk_read)
             counters.moved("h2d", rows.numel() * 4)
             return self._to_device(rows)
@@ -120,10 +133,14 @@ class Buffer:
             self.data[index] = rows
             return
         self.store.counters.moved("d2h", rows.numel() * 4)
-        if self.tier == "disk":
+        if self.tier == "disk":  # on the write-behind thread (the step's rows are not changed after this)
             flat = rows.reshape(rows.shape[0], self.width).cpu()
-            for file, (c0, c1) in zip(self.files, self.columns):
-                file.write_range(index.start, flat[:, c0:c1])
+
+            def write_files() -> None:
+                for file, (c0, c1) in zip(self.files, self.columns):
+                    file.write_range(index.start, flat[:, c0:c1])
+
+            self.store.behind(self, index.start, index.stop, write_files)
             return
         self.data[index].copy_(rows)  # from the device: waits for the current stream only
 
@@ -136,6 +153,7 @@ class Buffer:
             rows = rows.cpu()
             index = index.cpu() if isinstance(index, Tensor) else index
         if self.tier == "disk":
+            self.settle()
             flat = rows.reshape(rows.shape[0], self.width)
             for file, (c0, c1) in zip(self.files, self.columns):
                 if isinstance(index, slice):
@@ -156,6 +174,7 @@ class Buffer:
             return flat[:, c0:c1].contiguous()
         self.store.counters.moved("h2d", self.shape[0] * (c1 - c0) * 4)
         if self.tier == "disk":
+            self.settle()
             return self._to_device(self.files[j].read_range(0, self.shape[0]))
         if self.store.device.type == "cpu" and not self.store.pinned.staged:
             return flat[:, c0:c1].contiguous()
@@ -168,6 +187,7 @@ class Buffer:
         if self.tier != "device":
             self.store.counters.moved("d2h", block.numel() * 4)
         if self.tier == "disk":
+            self.settle()
             self.files[j].write_range(0, block.cpu(), add=add)
             return
         target = self.data.view(self.shape[0], self.width)[:, c0:c1]
@@ -178,12 +198,17 @@ class Buffer:
 
     def zero_(self) -> None:
         if self.tier == "disk":
+            self.settle()
             for file in self.files:
                 file.zero()
             return
         self.data.zero_()
 
     def free(self) -> None:
+        with self.store.pending_lock:
+            pending, self.pending = [f for _, _, f in self.pending], []
+        for future in pending:  # wait for them, whatever they raised (a failed write raised at its settle)
+            future.exception()
         self.store.counters.release(self.tier, self.nbytes)
         for file in self.files:
             for kind, nbytes in file.actual.items():

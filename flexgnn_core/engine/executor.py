@@ -163,6 +163,7 @@ class Engine:
             else:
                 self._forward_linear(layer, order)
         self.agg0_ready = True
+        self.store.flush()
         return float(self.loss_sum) / self.num_train
 
     def _first_weight(self, layer: int) -> Tensor:
@@ -295,6 +296,7 @@ class Engine:
                 self._backward_linear(layer, order)
             if order == "transform_first":
                 self._backward_transform(layer)
+        self.store.flush()
         return self.grads
 
     def _add_grads(self, layer: int, grads: dict[str, Tensor]) -> None:

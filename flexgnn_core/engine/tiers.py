@@ -14,6 +14,8 @@ moves; ``disk_read``, ``disk_write``: the whole blocks the disk tier's system ca
 simulator predicts all four exactly), each disk file's own total (``disk_actual``, a cross-check) and the prefetch
 overlap times. Counters are updated under
 a lock: prefetch threads read too.
+``TierStore.behind`` writes a disk buffer's rows on a write-behind thread (one write in flight; a read of those
+rows waits for it), so the compute thread does not stand still for the disk.
 ``TierStore.prefetched`` runs a pass's fetches one chunk ahead in a background thread when they read off-device
 tiers, on CUDA on the store's one side stream (one stream for the store's life: each new stream would bring cuBLAS
 a new workspace for the matmuls a fetch runs), ordered after the compute stream's work by an event recorded when
@@ -96,7 +98,29 @@ class TierStore:
         self.pinned = PinnedPool(device, lambda n: self.counters.hold("host", n),
                                  lambda n: self.counters.release("host", n), self.staging.size)
         self._stream = None  # the one side stream of this store (CUDA), made on first prefetch
+        self._writer: ThreadPoolExecutor | None = None  # the write-behind thread, made on the first disk row write
+        self._last_write = None
+        self.pending_lock = threading.Lock()
         atexit.register(self.close)
+
+    def behind(self, buffer: Buffer, start: int, stop: int, write: Callable[[], None]) -> None:
+        """Run ``write`` (rows ``[start, stop)`` of disk buffer ``buffer``) on the write-behind thread, so the disk
+        write overlaps the next step's compute. One write is in flight at most (its rows are held until it is
+        done: a chunk's rows, inside the step's working set); writes run in the order given; a read, add, column
+        access or zeroing of the buffer waits for its pending writes first (``Buffer.settle``)."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexgnn-write")
+        if self._last_write is not None:
+            self._last_write.result()  # the previous write is done (and raised, had it failed)
+        future = self._writer.submit(write)
+        with self.pending_lock:
+            buffer.pending.append((start, stop, future))
+        self._last_write = future
+
+    def flush(self) -> None:
+        """Wait for every write-behind write (a pass's end: counters and files are then complete)."""
+        for buffer in list(self.buffers.values()):
+            buffer.settle()
 
     def uses_disk(self) -> None:
         """The first disk buffer brings the disk tier's staging buffers (host memory, one per thread)."""
@@ -217,6 +241,9 @@ class TierStore:
                 self.untrack(held)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # a failed write raised at its settle; here only its end is awaited
+            self._writer, self._last_write = None, None
         self.pinned.close()
         for buffer in list(self.buffers.values()):
             if buffer.data is not None or buffer.files:

@@ -28,10 +28,11 @@ ORDERS = ("aggregate_first", "transform_first")
 ORDER_RULES = ("auto",) + ORDERS
 FLOAT = 4
 # The disk tier moves rows through page-aligned staging buffers in host memory, one per thread that touches it
-# (the engine's and the prefetch thread), held whenever anything is on disk (engine/diskfile.py): each as large as
-# the largest transfer a step makes, at most MAX_STAGING_BYTES (larger transfers go in pieces).
+# (the engine's, the prefetch thread and the write-behind thread), held whenever anything is on disk
+# (engine/diskfile.py): each as large as the largest transfer a step makes, at most MAX_STAGING_BYTES (larger
+# transfers go in pieces).
 MAX_STAGING_BYTES = 8 * 2**20
-STAGING_THREADS = 2
+STAGING_THREADS = 3
 
 
 @dataclass(frozen=True)
