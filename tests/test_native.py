@@ -122,3 +122,16 @@ def test_autograd_functions_get_the_kernel_and_tracked_products_do_not(monkeypat
     assert seen == [1] and out.requires_grad  # tracked: the fallback, so the gradient flows
     out.sum().backward()
     assert x.grad is not None
+
+
+def test_a_stale_build_lock_is_removed_with_a_warning_and_a_fresh_one_kept(tmp_path):
+    """A build killed part-way leaves torch's lock behind; every later load waited on it silently."""
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    now = lock.stat().st_mtime
+    assert not native.clear_stale_lock(tmp_path, now=now + 30)  # a build in progress: kept
+    assert lock.exists()
+    with pytest.warns(RuntimeWarning, match="removed a stale build lock"):
+        assert native.clear_stale_lock(tmp_path, now=now + native.STALE_LOCK_S + 1)
+    assert not lock.exists()
+    assert not native.clear_stale_lock(tmp_path)  # no lock: nothing to do

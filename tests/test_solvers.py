@@ -1,6 +1,7 @@
 """Planner invariants over many tiny problems: budgets respected, no transfers when unlimited, monotone in the
 budget, ``optimal`` never predicted slower than any solver and equal to brute force, fast, infeasible as a value."""
 
+import dataclasses
 import itertools
 import random
 import time
@@ -16,6 +17,8 @@ from flexgnn_core.plan import (Problem, cost, fixed_device_bytes, free_orders, i
                                simulate, working_set_bytes)
 from flexgnn_core.plan import chunking, solvers
 from flexgnn_core.plan.cost import UNIT, Hardware
+from flexgnn_core.plan.problem import STAGING_THREADS, staging_bytes
+from flexgnn_core.plan.simulate import column_layers, column_passes
 from graphs import tricky_graph
 
 # Rates of the order this 2-core machine measures (calibrate.py); fixed so that tests are deterministic.
@@ -282,3 +285,26 @@ def test_the_engine_runs_the_optimal_plan_and_matches_the_all_device_losses():
     assert result.extra["hardware"] == {"name": "cpu-like", "source": "measured"}
     torch.testing.assert_close(torch.tensor(result.epoch_losses), torch.tensor(reference.epoch_losses),
                                rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("fraction", [0.7, 0.6])
+def test_optimal_equals_brute_force_with_column_passes(fraction):
+    """A wide layer on a graph whose halos span the file: placements with h1 or grad_h1 on disk and agg1 stored run
+    column passes (terms of three placements with the graph on the host; the blocks' device bytes in the budget,
+    the MILP's w). Still exact: brute force prices every such placement too, and a feasible one is in the search."""
+    problem = Problem(kind="gcn", dims=(16, 160, 160), heads=1, num_nodes=3000, num_edges=30000, num_chunks=8,
+                      max_chunk_rows=375, max_halo_rows=2400, max_chunk_edges=4000, sum_halo_rows=19200,
+                      graph_bytes=30000 * 12 + 3000 * 8, param_bytes=4 * (16 * 160 + 160 * 160 + 320),
+                      order_rule="aggregate_first")
+    assert column_layers(problem) == (False, True)
+    everything = simulate(solvers.solve(problem, "all_device"), problem)["peak_bytes"]["device"]
+    staging = STAGING_THREADS * staging_bytes(problem)  # the host holds the disk tier's staging and the graph
+    problem = dataclasses.replace(problem, device_budget_bytes=int(everything * fraction),
+                                  host_budget_bytes=staging + problem.graph_bytes)
+    assert_optimal_is_brute_force(problem, CPU_LIKE)
+    by_columns = {"graph": "host", "h0": "disk", "agg0": "disk", "h1": "disk", "agg1": "disk", "grad_h1": "disk",
+                  "grad_h2": "disk"}
+    candidate = make_plan("columns", problem, layer_orders(problem), by_columns)
+    assert candidate.feasible and column_passes(problem, by_columns, 1) == (True, True)
+    assert predicted(solvers.make_optimal(CPU_LIKE)(problem), problem, CPU_LIKE) <= predicted(candidate, problem,
+                                                                                             CPU_LIKE)

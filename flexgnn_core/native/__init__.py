@@ -11,6 +11,8 @@ The kernel is compiled by ``torch.utils.cpp_extension.load`` (a C++ compiler and
 ninja`` provides ninja) into torch's extension cache (``$TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``), once per machine and source version: about 45 s here. A failed build is reported
 once, as a warning that names the cause, and the fallback is used. ``FLEXGNN_NATIVE=0`` turns the kernel off.
+A build killed part-way leaves torch's lock file in the build directory, and every later load would wait on it
+without a word; a lock older than ``STALE_LOCK_S`` (far longer than a build) is removed first, with a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -25,6 +28,8 @@ import torch
 from torch import Tensor
 
 ENV = "FLEXGNN_NATIVE"
+NAME = "flexgnn_native_spmm"
+STALE_LOCK_S = 600.0  # a build takes about 45 s here; a lock this old belongs to a build that was killed
 _SOURCE = Path(__file__).with_name("spmm.cpp")
 _lock = threading.Lock()
 _state: dict = {}  # "module": the loaded extension or None; "why": the reason it is None
@@ -44,9 +49,10 @@ def load():
     with _lock:
         if "module" not in _state:
             try:
-                from torch.utils.cpp_extension import load as build
+                from torch.utils.cpp_extension import _get_build_directory, load as build
 
-                _state["module"] = build(name="flexgnn_native_spmm", sources=[str(_SOURCE)],
+                clear_stale_lock(Path(_get_build_directory(NAME, verbose=False)))
+                _state["module"] = build(name=NAME, sources=[str(_SOURCE)],
                                          extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                                          verbose=False)
             except Exception as error:  # no compiler, no ninja, a read-only cache: the fallback still works
@@ -58,6 +64,21 @@ def load():
                               f"(pip install ninja) to build it, or set {ENV}=0 to silence this.", RuntimeWarning,
                               stacklevel=2)
     return _state["module"]
+
+
+def clear_stale_lock(build_dir: Path, now: float | None = None) -> bool:
+    """Remove ``build_dir/lock`` when it is older than ``STALE_LOCK_S`` (its build was killed); True if removed."""
+    lock = build_dir / "lock"
+    try:
+        age = (time.time() if now is None else now) - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_S:
+        return False
+    lock.unlink(missing_ok=True)
+    warnings.warn(f"flexgnn native CPU kernel: removed a stale build lock {lock} ({age:.0f} s old: its build was "
+                  "killed); building again", RuntimeWarning, stacklevel=2)
+    return True
 
 
 def why() -> str | None:

@@ -10,7 +10,7 @@ For each P it solves one MILP with scipy's HiGHS:
     sum_i bytes_i x[i, device] <= device budget - fixed bytes - working set;  likewise host (+ the disk tier's
     staging when any x[i, disk]: a binary z >= x[i, disk]) and device + host <= the memory budget (CPU: one RAM)
     C = sum_l base_l(order) + sum compute[i, p] x[i, p]
-    T = sum transfer[i, p] x[i, p] + sum transfer[a, b] y[a, b]
+    T = sum transfer[i, p] x[i, p] + sum transfer[a, b, ...] y[a, b, ...]
     tau >= C,  tau >= C + T - overlap (P-1)/P C;  minimise tau
 
 which is ``predict`` term for term (``cost.item_compute_s``, ``cost.item_link_bytes``), so the plan's prediction
@@ -95,8 +95,9 @@ def _solve_milp(problem: Problem, hw: Hardware, fixed: tuple[str, ...] | None) -
             for side in sides:
                 rows.append(y - side), lo.append(-np.inf), hi.append(0.0)
     for when in column_conditions(problem):  # w >= [both hold]: a column pass's blocks are then held
-        rows.append(-sum(holds(name, allowed) for name, allowed in when) + np.eye(nv)[columns_held])
-        lo.append(-1.0), hi.append(np.inf)
+        w = np.zeros(nv)
+        w[columns_held] = 1
+        rows.append(w - sum(holds(name, allowed) for name, allowed in when)), lo.append(-1.0), hi.append(np.inf)
     scale = max(constant, np.abs(compute).max(), np.abs(transfer).max(), 1e-30)
     for name in by_name:  # each intermediate placed exactly once, if its layer's order has it
         row = np.zeros(nv)
