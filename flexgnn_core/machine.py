@@ -3,9 +3,10 @@ and the process's own I/O counters.
 
 ``memory_room()`` is the memory a run may still take: the least of the kernel's ``MemAvailable`` and, when this
 process runs in a memory-limited control group (a container, ``hardware.memory_cap``, a Slurm job), the group's
-limit minus its usage; minus a margin kept free (5% of the bound, at least ``MIN_MARGIN`` = 256 MiB) for what no
+limit minus its usage; minus a margin kept free (5% of the bound, at least ``MIN_MARGIN`` = 320 MiB) for what no
 plan accounts (allocator slack, autograd's temporaries, the evaluation pass, Python objects, thread stacks: measured
-in capped CPU runs at 100-260 MiB of anonymous memory above the engine's tally, results/LOG.md 2026-12-02). Clean
+in capped CPU runs at 100-260 MiB of anonymous memory above the engine's tally, results/LOG.md 2026-12-02; with
+256 MiB a quarter-cap GCN run with column passes was OOM-killed once in three and peaked at 0.98 of its cap). Clean
 file pages are not counted as used: the kernel drops them before it kills anything (a memory-mapped graph's pages,
 page cache charged to the group), so a group's usage is read less its reclaimable page cache (``memory.stat``: file
 less shmem, dirty and writeback pages) and a cap is compared with the memory this process holds that cannot be
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 ROOM_ENV = "FLEXGNN_MEMORY_ROOM_BYTES"
-MIN_MARGIN = 256 * 2**20
+MIN_MARGIN = 320 * 2**20
 
 
 @dataclass(frozen=True)
