@@ -204,10 +204,13 @@ def link_terms(problem: Problem) -> tuple[LinkTerm, ...]:
                 term(tier, h, (agg, recomputed), read=[(2, halo(d))])
                 if layer == 0 and reused:
                     term(tier, agg, read=[(2, rows(d))])
-                elif col:  # written by blocks and read by rows forward (h on disk); in the backward column pass
-                    term(tier, agg, (h, resident), read=[(1, rows(d))], write=[(1, rows(d))])  # it holds the
-                    term(tier, agg, (h, disk), read=[(2, rows(d))], write=[(1, columns(d))])  # gradient, written
-                    term(tier, agg, (grad, disk), write=[(1, rows(d))], read=[(1, columns(d))])  # by rows
+                elif col:
+                    # forward with h on disk: written by column blocks, read by rows (forward and backward);
+                    # backward with grad_h on disk: it also holds the aggregate's gradient, written by rows and
+                    # read by column blocks
+                    term(tier, agg, (h, resident), read=[(1, rows(d))], write=[(1, rows(d))])
+                    term(tier, agg, (h, disk), read=[(2, rows(d))], write=[(1, columns(d))])
+                    term(tier, agg, (grad, disk), write=[(1, rows(d))], read=[(1, columns(d))])
                 else:
                     term(tier, agg, read=[(1, rows(d))], write=[(1, rows(d))])
             term(tier, h, (t, stored), read=[(2, rows(d))])
