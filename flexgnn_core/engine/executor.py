@@ -9,12 +9,10 @@ aggregate of the fixed features is computed in the first epoch and reused (FlexG
 input dropout changes the features every epoch (``Problem.input_dropout``). Dropout masks are made per chunk where
 rows are read or written, in forward and again in backward (``engine.dropping``), never stored.
 
-A wide layer whose input (or input gradient) is on disk, with its aggregate stored, aggregates by column blocks
-instead (``plan.simulate.column_passes``): each 64-column block of ``h{l}`` is read with one sweep, aggregated for
-every row and written to ``agg{l}``, whose rows the chunk steps then read; backward, the chunk steps overwrite
-``agg{l}``'s rows (read for the weight gradient) with the aggregate's gradient, and each of its column blocks is
-scattered through ``A^T`` into the same block of ``grad_h{l}``. A halo that spans the file is then never gathered
-chunk by chunk.
+A wide layer whose input (or input gradient) is on disk, its aggregate stored, aggregates by 64-column blocks
+instead (``plan.simulate.column_passes``): each block of ``h{l}`` read with one sweep, aggregated for every row into
+``agg{l}``, whose rows the chunk steps then read; backward, the chunk steps overwrite ``agg{l}``'s rows (read for
+dW) with the aggregate's gradient, each block of it scattered through ``A^T`` into the same block of ``grad_h{l}``.
 
 Two families of layer step: ``linear`` (fixed edge weights: GCN, SAGE, GIN, ...) and ``attention`` (GAT). Every
 byte counter lives in the ``TierStore``; the executor only reads and writes through it.
@@ -212,9 +210,7 @@ class Engine:
                 step(chunk, self._chunk(chunk), got["block"], out)
             self.buffers[target].write_columns(j, out, add=add)
             self.store.untrack(tracked)
-            # let go of this block and its output now: held on, they would live beside the next output and the
-            # block after next (fetched when the next one is handed over), five blocks instead of three
-            del out, got
+            del out, got  # now: else they live beside the next output and the block after next (5 blocks, not 3)
 
     def _forward_linear(self, layer: int, order: str) -> None:
         transformed = order == "transform_first"
