@@ -28,7 +28,7 @@ import numpy as np
 ALIGN = 4096
 GAP_BYTES = 64 * 2**10  # sorted rows closer than this are moved in one transfer
 # A disk buffer wider than this is stored as column blocks of at most this many floats, one file each (FlexGNN's
-# release manages memory in blocks of 64 feature columns too): a column pass (``plan.problem.column_passes``) reads
+# release manages memory in blocks of 64 feature columns too): a column pass (``plan.simulate.column_passes``) reads
 # or writes one block of every row with one sequential sweep of one file.
 COLUMN_BLOCK = 64
 
