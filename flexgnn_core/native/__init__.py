@@ -49,9 +49,9 @@ def load():
     with _lock:
         if "module" not in _state:
             try:
-                from torch.utils.cpp_extension import _get_build_directory, load as build
+                from torch.utils.cpp_extension import load as build
 
-                clear_stale_lock(Path(_get_build_directory(NAME, verbose=False)))
+                _clear_stale_build_lock()
                 _state["module"] = build(name=NAME, sources=[str(_SOURCE)],
                                          extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                                          verbose=False)
@@ -64,6 +64,18 @@ def load():
                               f"(pip install ninja) to build it, or set {ENV}=0 to silence this.", RuntimeWarning,
                               stacklevel=2)
     return _state["module"]
+
+
+def _clear_stale_build_lock() -> None:
+    """``clear_stale_lock`` on this kernel's build directory, found with a private torch helper: best effort, so a
+    torch without that helper still builds (and waits on a stale lock as before) instead of losing the kernel."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        build_dir = Path(_get_build_directory(NAME, verbose=False))
+    except (ImportError, AttributeError, TypeError, OSError):
+        return
+    clear_stale_lock(build_dir)
 
 
 def clear_stale_lock(build_dir: Path, now: float | None = None) -> bool:
